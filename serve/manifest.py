@@ -1,0 +1,230 @@
+"""The bundle manifest: the one contract between training and serving. serve/ owns this schema;
+export/ writes it through `Manifest.save`.
+
+A bundle is a folder holding `manifest.json` and the graph files it lists, each with its sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distilshot.errors import BundleError
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+METRICS = ("euclidean", "cosine")
+RESIZE_MODES = ("shorter-side-center-crop",)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes the model input: decode, EXIF-orient, convert to `channels` (1 = Pillow "L",
+    3 = "RGB"), resize the shorter side to the target and center-crop, scale to [0, 1], subtract `mean`
+    and divide by `std` per channel, layout NCHW float32."""
+
+    height: int
+    width: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize: str = "shorter-side-center-crop"
+    resample: str = "bilinear"
+
+
+@dataclass(frozen=True)
+class Output:
+    name: str
+    dim: int
+
+
+@dataclass(frozen=True)
+class Graph:
+    """An ONNX graph in the bundle. The input is NCHW float32 with a dynamic batch axis."""
+
+    file: str
+    input: str
+    outputs: tuple[Output, ...]
+
+
+@dataclass(frozen=True)
+class Head:
+    """Prototype head: logits[c] = sum over outputs o of weights[o] * s_o(query, prototype_c) / temperature,
+    where s_o is the negative squared Euclidean distance or the cosine similarity and a prototype is the
+    mean of a class's support embeddings."""
+
+    metric: str
+    weights: dict[str, float]
+    temperature: float = 1.0
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    method: str
+    backbone: str
+    dataset: str
+    preprocessing: Preprocessing
+    graphs: dict[str, Graph]
+    head: Head
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def embedder(self) -> Graph:
+        return self.graphs["embedder"]
+
+    def fingerprint(self, graph: str = "embedder") -> str:
+        """Identifies the embeddings a graph produces: its file hash plus the preprocessing in front of it."""
+        payload = json.dumps(
+            {"graph": self.files[self.graphs[graph].file], "preprocessing": asdict(self.preprocessing)},
+            sort_keys=True,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise BundleError(
+                f"manifest schema_version is {version!r}; this distilshot reads version {SCHEMA_VERSION}"
+            )
+        try:
+            prep = data["preprocessing"]
+            manifest = cls(
+                name=str(data["name"]),
+                method=str(data["method"]),
+                backbone=str(data["backbone"]),
+                dataset=str(data["dataset"]),
+                preprocessing=Preprocessing(
+                    height=int(prep["height"]),
+                    width=int(prep["width"]),
+                    channels=int(prep["channels"]),
+                    mean=tuple(float(v) for v in prep["mean"]),
+                    std=tuple(float(v) for v in prep["std"]),
+                    resize=str(prep["resize"]),
+                    resample=str(prep["resample"]),
+                ),
+                graphs={
+                    role: Graph(
+                        file=str(g["file"]),
+                        input=str(g["input"]),
+                        outputs=tuple(Output(str(o["name"]), int(o["dim"])) for o in g["outputs"]),
+                    )
+                    for role, g in data["graphs"].items()
+                },
+                head=Head(
+                    metric=str(data["head"]["metric"]),
+                    weights={str(k): float(v) for k, v in data["head"]["weights"].items()},
+                    temperature=float(data["head"]["temperature"]),
+                ),
+                metrics=dict(data.get("metrics", {})),
+                training=dict(data.get("training", {})),
+                files={str(k): str(v) for k, v in data["files"].items()},
+                created=str(data.get("created", "")),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise BundleError(f"manifest is malformed: {error!r}") from None
+        manifest.validate()
+        return manifest
+
+    def validate(self) -> None:
+        """Checks internal consistency; raises BundleError naming the first problem."""
+        p = self.preprocessing
+        if p.channels not in (1, 3):
+            raise BundleError(f"preprocessing.channels must be 1 or 3, not {p.channels}")
+        if len(p.mean) != p.channels or len(p.std) != p.channels:
+            raise BundleError("preprocessing.mean and .std need one value per channel")
+        if any(s <= 0 for s in p.std):
+            raise BundleError("preprocessing.std values must be positive")
+        if p.height < 1 or p.width < 1:
+            raise BundleError("preprocessing height and width must be positive")
+        if p.resize not in RESIZE_MODES:
+            raise BundleError(f"preprocessing.resize {p.resize!r} is not one of {RESIZE_MODES}")
+        if p.resample not in ("bilinear", "bicubic", "lanczos", "nearest", "box"):
+            raise BundleError(f"preprocessing.resample {p.resample!r} is not supported")
+        if "embedder" not in self.graphs:
+            raise BundleError("manifest has no 'embedder' graph")
+        for role, graph in self.graphs.items():
+            if graph.file not in self.files:
+                raise BundleError(f"graph {role!r} file {graph.file!r} has no sha256 in manifest.files")
+        if self.head.metric not in METRICS:
+            raise BundleError(f"head.metric {self.head.metric!r} is not one of {METRICS}")
+        outputs = {o.name for o in self.embedder.outputs}
+        unknown = set(self.head.weights) - outputs
+        if not self.head.weights or unknown:
+            raise BundleError(f"head.weights must name embedder outputs {sorted(outputs)}, got {sorted(self.head.weights)}")
+        if self.head.temperature <= 0:
+            raise BundleError("head.temperature must be positive")
+
+    def save(self, bundle_dir: Path) -> Path:
+        """Writes manifest.json atomically after validating it."""
+        self.validate()
+        return write_json_atomic(Path(bundle_dir) / MANIFEST_FILE, self.to_dict())
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> Path:
+    """Writes to a temporary file in the same folder and renames it, so readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_manifest(bundle_dir: Path | str, verify: bool = True) -> Manifest:
+    """Reads a bundle's manifest; with `verify`, every listed file must exist with its recorded sha256."""
+    bundle_dir = Path(bundle_dir)
+    path = bundle_dir / MANIFEST_FILE
+    if not bundle_dir.is_dir():
+        raise BundleError(f"bundle folder {bundle_dir} does not exist")
+    if not path.is_file():
+        raise BundleError(f"{bundle_dir} is not a bundle: it has no {MANIFEST_FILE}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(f"cannot read {path}: {error}") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{path} does not hold a JSON object")
+    manifest = Manifest.from_dict(data)
+    if verify:
+        for name, expected in manifest.files.items():
+            file = bundle_dir / name
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise BundleError(f"manifest lists {name!r}, which is outside the bundle")
+            if not file.is_file():
+                raise BundleError(f"bundle file {file} listed in the manifest is missing")
+            actual = sha256_file(file)
+            if actual != expected:
+                raise BundleError(
+                    f"bundle file {file} has sha256 {actual[:12]}…, the manifest says {expected[:12]}…: "
+                    "the file was changed or corrupted; re-export the bundle"
+                )
+    return manifest
