@@ -23,3 +23,7 @@ class CheckpointError(DistilshotError):
 
 class StoreError(DistilshotError):
     """A support-set store operation that was refused; the store is unchanged."""
+
+
+class ConfigError(DistilshotError):
+    """An unknown method, dataset, backbone, preset or option value."""

@@ -1,0 +1,21 @@
+"""Methods by name. A method is one small class (see base.Method); multi-stage methods are sequences of
+these, wired by the pipeline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distilshot.train.backbones import Backbone
+from distilshot.train.methods.base import Method
+from distilshot.train.methods.pretrain import Pretrain
+from distilshot.train.methods.protonet import ProtoNet
+
+from distilshot.errors import ConfigError
+
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Pretrain, ProtoNet)}
+
+
+def build_method(name: str, backbone: Backbone, num_classes: int, params: dict[str, Any]) -> Method:
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
+    return METHODS[name](backbone, num_classes, **params)

@@ -1,0 +1,42 @@
+# distilshot: `make train-export` installs and runs the main job; `make test` runs the test suite.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+# What `make train-export` trains (override on the command line: make train-export METHOD=pretrain ...)
+METHOD ?= protonet
+DATASET ?= omniglot
+BACKBONE ?= convnet4
+PRESET ?= quick
+ARGS ?=
+
+# Use an existing copy of the datasets when one sits beside the checkout; otherwise the loaders
+# download the public archives into ~/.cache/distilshot.
+ifneq ($(wildcard ../shared/data),)
+export DISTILSHOT_DATA ?= $(abspath ../shared/data)
+endif
+
+.PHONY: install train-export test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "distilshot needs Python 3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[train,cpu,dev]'
+	@touch $@
+
+train-export: install
+	$(BIN)/distilshot train-export --method $(METHOD) --dataset $(DATASET) --backbone $(BACKBONE) --preset $(PRESET) $(ARGS)
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check train/*.py train/backbones train/methods export distilshot
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

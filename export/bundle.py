@@ -1,0 +1,67 @@
+"""Writing a bundle: the exported graph(s) plus manifest.json with preprocessing, head, metrics and the
+sha256 of every file. The folder is assembled beside its destination and renamed into place, so a
+bundle is either complete or absent."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from distilshot.export.onnx_graph import export_embedder
+from distilshot.serve.manifest import Head, Manifest, Preprocessing, sha256_file
+from distilshot.train.checkpoint import ModelSpec
+from distilshot.train.methods import Method
+
+from distilshot.errors import DistilshotError
+
+EMBEDDER_FILE = "embedder.onnx"
+
+
+def preprocessing_of(spec: ModelSpec) -> Preprocessing:
+    return Preprocessing(
+        height=spec.image_size, width=spec.image_size, channels=spec.channels, mean=spec.mean, std=spec.std
+    )
+
+
+def write_bundle(
+    model: Method,
+    spec: ModelSpec,
+    out_dir: Path,
+    metrics: dict[str, dict[str, Any]] | None = None,
+    training: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> tuple[Path, Manifest]:
+    """Exports `model` into a new bundle folder `out_dir` and returns it with its manifest."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise DistilshotError(f"{out_dir} already exists; choose another --out or pass --overwrite")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    staging.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+    try:
+        graph = export_embedder(model, spec, staging / EMBEDDER_FILE)
+        manifest = Manifest(
+            name=f"{spec.method}-{spec.backbone}-{spec.dataset}",
+            method=spec.method,
+            backbone=spec.backbone,
+            dataset=spec.dataset,
+            preprocessing=preprocessing_of(spec),
+            graphs={"embedder": graph},
+            head=Head(**model.head()),
+            metrics=metrics or {},
+            training=training or {},
+            files={EMBEDDER_FILE: sha256_file(staging / EMBEDDER_FILE)},
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
+        manifest.save(staging)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir, manifest

@@ -1,0 +1,95 @@
+"""`distilshot export` and `distilshot train-export`. Heavy imports happen inside the commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False)
+
+
+def _report(outcome: object, json_output: bool, extra: dict[str, object] | None = None) -> None:
+    from distilshot.train.report import print_results
+    from rich.console import Console
+
+    summary = {
+        "bundle": str(outcome.bundle),
+        "results": [r.to_dict() for r in outcome.results],
+        "parity": outcome.parity.to_dict(),
+        **(extra or {}),
+    }
+    if json_output:
+        typer.echo(json.dumps(summary))
+        return
+    console = Console()
+    print_results(outcome.results, title="held-out evaluation", console=console)
+    diffs = ", ".join(f"{k} {v:.2e}" for k, v in outcome.parity.max_abs_diff.items())
+    console.print(
+        f"parity ONNX Runtime vs PyTorch: max |diff| {diffs}; "
+        f"{outcome.parity.episodes} episodes, predictions identical: {outcome.parity.identical}"
+    )
+    console.print(f"bundle: {outcome.bundle}")
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint written by distilshot train")],
+    out: Annotated[Path | None, typer.Option(help="bundle folder (default: <run>/bundle)")] = None,
+    parity_episodes: Annotated[int, typer.Option(help="episodes of the parity check")] = 50,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing bundle folder")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Export a checkpoint to a bundle (ONNX embedder + manifest.json) and check parity on real images."""
+    from distilshot.export.pipeline import export_checkpoint
+
+    _report(export_checkpoint(checkpoint, out, parity_episodes, overwrite), json_output)
+
+
+@app.command(name="train-export")
+def train_export(
+    method: Annotated[str, typer.Option(help="pretrain | protonet")] = "protonet",
+    dataset: Annotated[
+        str, typer.Option(help="omniglot | omniglot-vinyals | cifar-fs | fc100 | mini-imagenet | folder:PATH")
+    ] = "omniglot",
+    backbone: Annotated[str, typer.Option(help="convnet4 | resnet12")] = "convnet4",
+    preset: Annotated[str, typer.Option(help="quick | paper")] = "quick",
+    epochs: Annotated[int | None, typer.Option(help="override the preset's epochs")] = None,
+    steps_per_epoch: Annotated[int | None, typer.Option(help="override episodes/batches per epoch")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    episodes: Annotated[int, typer.Option(help="evaluation episodes per setting")] = 1000,
+    classifier: Annotated[str, typer.Option(help="prototype | logreg | both")] = "prototype",
+    run_dir: Annotated[
+        Path | None, typer.Option(help="run folder (default runs/<time>-<method>-...)")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Train, evaluate on the held-out classes, export a bundle and check it against PyTorch."""
+    from distilshot.export.pipeline import export_model
+    from distilshot.serve.manifest import sha256_file
+    from distilshot.train.pipeline import default_run_dir, evaluate, train
+    from distilshot.train.presets import preset_config
+    from distilshot.train.report import save_results
+
+    cfg = preset_config(
+        method, dataset, preset, backbone=backbone, epochs=epochs, steps_per_epoch=steps_per_epoch, seed=seed
+    )
+    outcome = train(cfg, run_dir or default_run_dir(cfg))
+    classifiers = ("prototype", "logreg") if classifier == "both" else (classifier,)
+    results = evaluate(
+        outcome.model,
+        outcome.spec,
+        classifiers=classifiers,
+        episodes=episodes,
+        plots_dir=outcome.run.path / "plots",
+    )
+    save_results(outcome.run.path, results)
+    training = {
+        "config": cfg.to_dict(),
+        "seconds": round(outcome.seconds, 1),
+        "checkpoint_sha256": sha256_file(outcome.run.best),
+    }
+    exported = export_model(outcome.model, outcome.spec, outcome.run.path / "bundle", results, training)
+    _report(exported, json_output, {"run": str(outcome.run.path), "train_seconds": round(outcome.seconds, 1)})

@@ -1,0 +1,66 @@
+"""`train-export`: train, evaluate on the held-out split, export the bundle, check its parity."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from distilshot.export.bundle import write_bundle
+from distilshot.export.parity import ParityReport, check_parity
+from distilshot.serve.manifest import sha256_file
+from distilshot.train.checkpoint import ModelSpec, load_model
+from distilshot.train.data.registry import load_split
+from distilshot.train.evaluation import EvalResult
+from distilshot.train.methods import Method
+from distilshot.train.pipeline import evaluate
+from distilshot.train.report import load_results, run_folder_of, save_results
+
+from distilshot.errors import DistilshotError
+
+
+@dataclass
+class ExportOutcome:
+    bundle: Path
+    results: list[EvalResult]
+    parity: ParityReport
+
+
+def metrics_of(results: list[EvalResult]) -> dict[str, dict[str, object]]:
+    return {f"{r.key} {r.classifier}": r.to_dict() for r in results}
+
+
+def export_model(
+    model: Method,
+    spec: ModelSpec,
+    out: Path,
+    results: list[EvalResult],
+    training: dict[str, object],
+    parity_episodes: int = 50,
+    overwrite: bool = False,
+) -> ExportOutcome:
+    bundle, _ = write_bundle(model, spec, out, metrics_of(results), training, overwrite=overwrite)
+    parity = check_parity(
+        model, spec, bundle, load_split(spec.dataset, "test", spec.image_size), episodes=parity_episodes
+    )
+    (bundle.parent / f"{bundle.name}.parity.json").write_text(json.dumps(parity.to_dict(), indent=2) + "\n")
+    if not parity.identical:
+        raise DistilshotError(
+            f"the exported bundle {bundle} predicts differently from PyTorch on "
+            f"{100 * (1 - parity.agreement):.2f}% of parity queries (max abs diff {parity.max_abs_diff})"
+        )
+    return ExportOutcome(bundle, results, parity)
+
+
+def export_checkpoint(
+    checkpoint: Path, out: Path | None, parity_episodes: int = 50, overwrite: bool = False
+) -> ExportOutcome:
+    """Exports a checkpoint; metrics come from the run's eval.json, or are measured now."""
+    model, spec, payload = load_model(checkpoint)
+    run_dir = run_folder_of(checkpoint)
+    results = load_results(run_dir)
+    if results is None:
+        results = evaluate(model, spec)
+        save_results(run_dir, results)
+    training = {"config": payload.get("config", {}), "checkpoint_sha256": sha256_file(checkpoint)}
+    return export_model(model, spec, out or run_dir / "bundle", results, training, parity_episodes, overwrite)

@@ -1,0 +1,160 @@
+"""The standard few-shot protocol: N-way K-shot episodes on a held-out split, mean accuracy ± 95% CI.
+
+Features of the whole split are extracted once and episodes are drawn over them, which makes thousands
+of episodes cheap. Two classifiers: the nearest prototype under the model's serving head, and the RFS
+protocol (multinomial logistic regression, C=1, lbfgs, on L2-normalised features, each support image
+optionally tiled through the training augmentation).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from distilshot.train.augment import Augmenter, normalize, to_float
+from distilshot.train.methods.base import Method, prototype_logits
+from distilshot.train.samplers import EpisodeSampler
+
+CLASSIFIERS = ("prototype", "logreg")
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    split: str
+    n_way: int
+    k_shot: int
+    n_query: int
+    episodes: int
+    classifier: str
+    mean: float  # accuracy in percent
+    ci95: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.n_way}-way {self.k_shot}-shot"
+
+    @property
+    def protocol(self) -> str:
+        return (
+            f"{self.n_way}-way {self.k_shot}-shot, {self.n_query} queries/class, {self.episodes} episodes, "
+            f"{self.classifier}, {self.split}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "protocol": self.protocol}
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.mean:.2f} ± {self.ci95:.2f} % ({self.protocol})"
+
+
+@torch.no_grad()
+def extract_features(
+    model: Method,
+    images: np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device | str = "cpu",
+    batch_size: int = 500,
+) -> dict[str, torch.Tensor]:
+    """Named embeddings (float32, on CPU) of uint8 HWC images, in eval mode."""
+    model.eval()
+    chunks: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(images), batch_size):
+        x = normalize(to_float(images[start : start + batch_size], device), mean, std)
+        for name, z in model.embed(x).items():
+            chunks.setdefault(name, []).append(z.float().cpu())
+    return {name: torch.cat(parts) for name, parts in chunks.items()}
+
+
+@torch.no_grad()
+def augmented_views(
+    model: Method,
+    images: np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+    augmenter: Augmenter,
+    views: int,
+    seed: int,
+    device: torch.device | str = "cpu",
+    batch_size: int = 500,
+) -> torch.Tensor:
+    """RFS support tiling: the concatenated embedding of `views` augmented copies of every image,
+    [views, N, D], from a fixed generator."""
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(views):
+        parts = []
+        for start in range(0, len(images), batch_size):
+            x = augmenter(to_float(images[start : start + batch_size]), generator)
+            embedded = model.embed(normalize(x.to(device), mean, std))
+            parts.append(torch.cat([embedded[k].float().cpu() for k in sorted(embedded)], dim=1))
+        out.append(torch.cat(parts))
+    return torch.stack(out)
+
+
+def _logreg_accuracy(
+    support: torch.Tensor, support_labels: np.ndarray, query: torch.Tensor, query_labels: np.ndarray
+) -> float:
+    from sklearn.linear_model import LogisticRegression
+
+    classifier = LogisticRegression(C=1.0, max_iter=1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # lbfgs convergence chatter on tiny episodes
+        classifier.fit(F.normalize(support, dim=1).numpy(), support_labels)
+    return float((classifier.predict(F.normalize(query, dim=1).numpy()) == query_labels).mean())
+
+
+def evaluate_episodes(
+    features: dict[str, torch.Tensor],
+    labels: np.ndarray,
+    *,
+    split: str,
+    n_way: int,
+    k_shot: int,
+    n_query: int = 15,
+    episodes: int = 1000,
+    classifier: str = "prototype",
+    head: dict[str, Any] | None = None,
+    support_views: torch.Tensor | None = None,
+    seed: int = 0,
+) -> EvalResult:
+    """Accuracy over `episodes` seeded episodes. `head` is needed for the prototype classifier;
+    `support_views` (from `augmented_views`) replaces the support features of the logreg classifier."""
+    if classifier not in CLASSIFIERS:
+        raise ValueError(f"classifier must be one of {CLASSIFIERS}, not {classifier!r}")
+    sampler = EpisodeSampler(labels, n_way, k_shot, n_query, episodes, seed)
+    concatenated = torch.cat([features[k] for k in sorted(features)], dim=1)
+    support_labels = np.repeat(np.arange(n_way), k_shot)
+    query_labels = np.repeat(np.arange(n_way), n_query)
+    correct = np.empty(episodes)
+    for i, episode in enumerate(sampler):
+        s, q = episode.support.ravel(), episode.query.ravel()
+        if classifier == "prototype":
+            assert head is not None, "the prototype classifier needs the model's head"
+            logits = prototype_logits(
+                {k: v[s] for k, v in features.items()},
+                {k: v[q] for k, v in features.items()},
+                n_way,
+                k_shot,
+                head,
+            )
+            correct[i] = (logits.argmax(1).numpy() == query_labels).mean()
+        elif support_views is None:
+            correct[i] = _logreg_accuracy(concatenated[s], support_labels, concatenated[q], query_labels)
+        else:
+            views = support_views[:, s].reshape(-1, support_views.shape[-1])
+            tiled_labels = np.tile(support_labels, support_views.shape[0])
+            correct[i] = _logreg_accuracy(views, tiled_labels, concatenated[q], query_labels)
+    accuracy = 100.0 * correct
+    ci95 = 1.96 * accuracy.std(ddof=1) / math.sqrt(episodes) if episodes > 1 else 0.0
+    name = f"prototype/{head['metric']}" if classifier == "prototype" and head else classifier
+    if support_views is not None and classifier == "logreg":
+        name += f" (support x{support_views.shape[0]} augmented)"
+    return EvalResult(split, n_way, k_shot, n_query, episodes, name, float(accuracy.mean()), float(ci95))

@@ -1,0 +1,101 @@
+"""The interface every method implements, and the few tensor helpers they share.
+
+A method owns a backbone and whatever heads its training needs. The trainer feeds it `Batch`es drawn the
+way `sampling` asks for; `loss` returns the objective; `embed` returns the named embeddings that get
+exported, and `head` says how serving turns them into class scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from distilshot.train.backbones import Backbone
+from torch import nn
+
+from distilshot.errors import ConfigError
+
+
+@dataclass
+class Batch:
+    """Images (normalised, augmented) with their dataset labels. An episodic batch holds the support
+    images class-major, then the query images class-major; episode label i is the i-th sampled class."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    n_way: int = 0
+    k_shot: int = 0
+    n_query: int = 0
+
+    @property
+    def n_support(self) -> int:
+        return self.n_way * self.k_shot
+
+    def episode_labels(self) -> tuple[torch.Tensor, torch.Tensor]:
+        ways = torch.arange(self.n_way, device=self.images.device)
+        return ways.repeat_interleave(self.k_shot), ways.repeat_interleave(self.n_query)
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Method(nn.Module):
+    name: ClassVar[str]
+    sampling: ClassVar[str]  # "batches" (shuffled labelled batches) or "episodes"
+    output_names: ClassVar[tuple[str, ...]] = ("embedding",)
+
+    def __init__(self, backbone: Backbone, num_classes: int, **params: Any) -> None:
+        super().__init__()
+        if params:
+            raise ConfigError(f"{self.name} got unknown parameters {sorted(params)}")
+        self.backbone = backbone
+        self.num_classes = num_classes
+
+    def loss(self, batch: Batch) -> LossOutput:
+        raise NotImplementedError
+
+    def embed(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"embedding": self.backbone(x)}
+
+    def head(self) -> dict[str, Any]:
+        """Serving head (see serve.manifest.Head): metric, per-output fusion weights, temperature."""
+        return {"metric": "euclidean", "weights": {"embedding": 1.0}, "temperature": 1.0}
+
+
+def squared_euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pairwise squared Euclidean distances between rows of a [n, d] and b [m, d] -> [n, m]."""
+    return (a.unsqueeze(1) - b.unsqueeze(0)).pow(2).sum(-1)
+
+
+def prototypes(support: torch.Tensor, n_way: int, k_shot: int) -> torch.Tensor:
+    """Class means of class-major support embeddings [n_way * k_shot, d] -> [n_way, d]."""
+    return support.reshape(n_way, k_shot, -1).mean(dim=1)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(dim=-1) == labels).float().mean().item()
+
+
+def prototype_logits(
+    support: dict[str, torch.Tensor],
+    query: dict[str, torch.Tensor],
+    n_way: int,
+    k_shot: int,
+    head: dict[str, Any],
+) -> torch.Tensor:
+    """Logits of query embeddings against support prototypes under a serving head: the torch twin of the
+    numpy head in serve/, used for evaluation and for the export parity check."""
+    logits = 0
+    for name, weight in head["weights"].items():
+        protos = prototypes(support[name], n_way, k_shot)
+        if head["metric"] == "cosine":
+            score = F.normalize(query[name], dim=-1) @ F.normalize(protos, dim=-1).T
+        else:
+            score = -squared_euclidean(query[name], protos)
+        logits = logits + weight * score
+    return logits / head["temperature"]

@@ -1,0 +1,67 @@
+"""PNG plots people look at: training curves, embedding maps, confusion matrices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers and CI
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Training loss/accuracy and validation accuracy per epoch."""
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss")
+    ax_acc.plot(epochs, [100 * h["train_acc"] for h in history], marker="o", label="training batches")
+    ax_acc.errorbar(
+        epochs,
+        [h["val_acc"] for h in history],
+        yerr=[h["val_ci95"] for h in history],
+        marker="s",
+        capsize=3,
+        label=history[0].get("val_protocol", "validation") if history else "validation",
+    )
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    ax_acc.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_embedding(
+    features: np.ndarray, labels: np.ndarray, path: Path, title: str = "", max_classes: int = 10
+) -> Path:
+    """2-D PCA map of embeddings for the first `max_classes` classes."""
+    keep = labels < max_classes
+    x = features[keep] - features[keep].mean(0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    xy = x @ vt[:2].T
+    fig, ax = plt.subplots(figsize=(5, 5))
+    scatter = ax.scatter(xy[:, 0], xy[:, 1], c=labels[keep], cmap="tab10", s=8)
+    ax.legend(*scatter.legend_elements(), fontsize=6, title="class", loc="best")
+    ax.set(title=title or "embedding (PCA)", xticks=[], yticks=[])
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_confusion(matrix: np.ndarray, path: Path, title: str = "") -> Path:
+    """Row-normalised confusion matrix (rows: true episode class, columns: predicted)."""
+    rates = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    image = ax.imshow(rates, vmin=0, vmax=1, cmap="Blues")
+    fig.colorbar(image, ax=ax)
+    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

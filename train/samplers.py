@@ -1,0 +1,98 @@
+"""Index samplers. Each epoch draws from its own generator seeded by (seed, epoch), so any epoch can be
+replayed exactly, which is what makes resumed training identical to uninterrupted training."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch])
+
+
+@dataclass(frozen=True)
+class Episode:
+    """Indices of an N-way K-shot Q-query episode, class-major: support[i] and query[i] belong to
+    classes[i], which is episode label i."""
+
+    classes: np.ndarray  # [n_way] dataset labels
+    support: np.ndarray  # [n_way, k_shot] image indices
+    query: np.ndarray  # [n_way, n_query] image indices
+
+    @property
+    def indices(self) -> np.ndarray:
+        """Support then query, flattened: the order episodic batches are built in."""
+        return np.concatenate([self.support.ravel(), self.query.ravel()])
+
+
+class EpisodeSampler:
+    def __init__(
+        self, labels: np.ndarray, n_way: int, k_shot: int, n_query: int, episodes: int, seed: int
+    ) -> None:
+        self.by_class = [np.flatnonzero(labels == c) for c in range(int(labels.max()) + 1)]
+        eligible = [c for c, idx in enumerate(self.by_class) if len(idx) >= k_shot + n_query]
+        if len(eligible) < n_way:
+            raise ValueError(
+                f"{n_way}-way {k_shot}-shot {n_query}-query episodes need {n_way} classes with at least "
+                f"{k_shot + n_query} images; this split has {len(eligible)}"
+            )
+        self.eligible = np.array(eligible)
+        self.n_way, self.k_shot, self.n_query = n_way, k_shot, n_query
+        self.episodes = episodes
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.episodes
+
+    def __iter__(self) -> Iterator[Episode]:
+        rng = epoch_rng(self.seed, self.epoch)
+        per_class = self.k_shot + self.n_query
+        for _ in range(self.episodes):
+            classes = rng.choice(self.eligible, self.n_way, replace=False)
+            items = np.stack([rng.choice(self.by_class[c], per_class, replace=False) for c in classes])
+            yield Episode(classes, items[:, : self.k_shot], items[:, self.k_shot :])
+
+
+class ClassBalancedBatchSampler(EpisodeSampler):
+    """Batches of `classes_per_batch` classes x `per_class` images: an episode without the query split."""
+
+    def __init__(
+        self, labels: np.ndarray, classes_per_batch: int, per_class: int, batches: int, seed: int
+    ) -> None:
+        super().__init__(labels, classes_per_batch, per_class, 0, batches, seed)
+
+    def __iter__(self) -> Iterator[np.ndarray]:  # type: ignore[override]
+        for episode in super().__iter__():
+            yield episode.support.ravel()
+
+
+class RandomBatchSampler:
+    """Shuffled mini-batches over the whole set, the last incomplete batch dropped."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, batches: int | None = None) -> None:
+        if size < batch_size:
+            raise ValueError(f"batch size {batch_size} is larger than the {size} training images")
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.batches = batches or size // batch_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        rng = epoch_rng(self.seed, self.epoch)
+        order = np.concatenate(
+            [rng.permutation(self.size) for _ in range(-(-self.batches * self.batch_size // self.size))]
+        )
+        for b in range(self.batches):
+            yield order[b * self.batch_size : (b + 1) * self.batch_size]

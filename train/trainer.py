@@ -1,0 +1,296 @@
+"""The training loop: seeded, device-agnostic, resumable with identical results, best-by-validation.
+
+Every epoch re-seeds the global torch RNG, its augmentation generator and its sampler from
+(seed, epoch), and the checkpoint holds model, optimiser and scheduler state, so stopping after any
+epoch and resuming reproduces the uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from distilshot.train.augment import Augmenter, normalize, to_float
+from distilshot.train.checkpoint import ModelSpec, load_model, read_checkpoint, save_checkpoint
+from distilshot.train.config import TrainConfig
+from distilshot.train.data.imageset import ImageSet
+from distilshot.train.evaluation import evaluate_episodes, extract_features
+from distilshot.train.methods.base import Batch, Method
+from distilshot.train.plots import plot_curves
+from distilshot.train.samplers import EpisodeSampler, RandomBatchSampler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from distilshot.errors import ConfigError
+
+log = logging.getLogger("distilshot.train")
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def seed_everything(seed: int, epoch: int = 0) -> None:
+    torch.manual_seed(np.random.SeedSequence([seed, epoch]).generate_state(1)[0].item())
+
+
+def build_optimizer(model: Method, cfg: TrainConfig, steps_total: int) -> tuple[torch.optim.Optimizer, Any]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
+        )
+    elif cfg.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        raise ConfigError(f"optimizer must be 'sgd' or 'adam', not {cfg.optimizer!r}")
+    # schedules advance once per step so that short and long runs follow the same curve
+    steps_per_epoch = max(1, steps_total // max(cfg.epochs, 1))
+    if cfg.schedule == "constant":
+        factor = lambda step: 1.0  # noqa: E731
+    elif cfg.schedule == "step":
+        milestones = [m * steps_per_epoch for m in cfg.milestones]
+        factor = lambda step: cfg.gamma ** sum(step >= m for m in milestones)  # noqa: E731
+    elif cfg.schedule == "cosine":
+        factor = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps_total) / steps_total))  # noqa: E731
+    elif cfg.schedule == "poly":
+        factor = lambda step: (1 - min(step, steps_total) / steps_total) ** 0.9  # noqa: E731
+    else:
+        raise ConfigError(f"schedule must be constant, step, cosine or poly, not {cfg.schedule!r}")
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+class BatchMaker:
+    """Turns sampled indices into a normalised, augmented batch on the device."""
+
+    def __init__(self, data: ImageSet, spec: ModelSpec, augment: str, device: torch.device) -> None:
+        self.data, self.spec, self.device = data, spec, device
+        self.augmenter = Augmenter(augment, spec.image_size)
+        self.labels = torch.from_numpy(data.labels)
+
+    def __call__(self, indices: np.ndarray, generator: torch.Generator, **episode: int) -> Batch:
+        x = self.augmenter(to_float(self.data.images[indices]), generator)
+        x = normalize(x.to(self.device, non_blocking=True), self.spec.mean, self.spec.std)
+        return Batch(x, self.labels[indices].to(self.device), **episode)
+
+
+@dataclass
+class RunFolder:
+    """Where a run writes: config.json, metrics.jsonl, train.log, curves.png, checkpoints/."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+    @property
+    def last(self) -> Path:
+        return self.path / "checkpoints" / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "checkpoints" / "best.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def attach_log(self) -> logging.Handler:
+        handler = logging.FileHandler(self.path / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logging.getLogger("distilshot").addHandler(handler)
+        logging.getLogger("distilshot").setLevel(logging.INFO)
+        return handler
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: Method,
+        spec: ModelSpec,
+        cfg: TrainConfig,
+        train_set: ImageSet,
+        val_set: ImageSet,
+        run: RunFolder,
+        teacher_note: str = "",
+    ) -> None:
+        self.model, self.spec, self.cfg, self.run = model, spec, cfg, run
+        self.device = resolve_device(cfg.device)
+        self.model.to(self.device)
+        self.train_set, self.val_set = train_set, val_set
+        self.make_batch = BatchMaker(train_set, spec, cfg.augment, self.device)
+        if model.sampling == "episodes":
+            self.sampler: EpisodeSampler | RandomBatchSampler = EpisodeSampler(
+                train_set.labels, cfg.n_way, cfg.k_shot, cfg.n_query, cfg.steps_per_epoch, cfg.seed
+            )
+        else:
+            self.sampler = RandomBatchSampler(
+                len(train_set.labels), cfg.batch_size, cfg.seed, cfg.steps_per_epoch or None
+            )
+        self.optimizer, self.scheduler = build_optimizer(model, cfg, len(self.sampler) * cfg.epochs)
+        self.history: list[dict[str, Any]] = []
+        self.best_val = -1.0
+        self.start_epoch = 0
+
+    def resume(self) -> bool:
+        """Continues from checkpoints/last.pt if it exists; returns whether it did."""
+        if not self.run.last.exists():
+            return False
+        payload = read_checkpoint(self.run.last)
+        if payload["config"] != self.cfg.to_dict():
+            raise ConfigError(
+                f"{self.run.last} was written with a different configuration; use a new run folder"
+            )
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.history = payload["history"]
+        self.best_val = payload["best_val"]
+        self.start_epoch = payload["epoch"] + 1
+        log.info("resumed from %s at epoch %d", self.run.last, self.start_epoch)
+        return True
+
+    def _autocast(self) -> Any:
+        # bf16 autocast on CUDA; full precision on CPU, where it is both faster and exact
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def _train_epoch(self, epoch: int, progress: Progress) -> dict[str, float]:
+        self.model.train()
+        seed_everything(self.cfg.seed, epoch)
+        generator = torch.Generator().manual_seed(
+            int(np.random.SeedSequence([self.cfg.seed, epoch, 1]).generate_state(1)[0])
+        )
+        self.sampler.set_epoch(epoch)
+        task = progress.add_task(
+            f"epoch {epoch + 1}/{self.cfg.epochs}", total=len(self.sampler), loss=float("nan")
+        )
+        totals: dict[str, float] = {}
+        images = 0
+        start = time.perf_counter()
+        for step, item in enumerate(self.sampler, start=1):
+            if self.model.sampling == "episodes":
+                batch = self.make_batch(
+                    item.indices,
+                    generator,
+                    n_way=self.cfg.n_way,
+                    k_shot=self.cfg.k_shot,
+                    n_query=self.cfg.n_query,
+                )
+            else:
+                batch = self.make_batch(item, generator)
+            with self._autocast():
+                out = self.model.loss(batch)
+            if not torch.isfinite(out.loss):
+                raise FloatingPointError(
+                    f"training loss became {out.loss.item()} at epoch {epoch + 1}, step {step}"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            images += len(batch.images)
+            for key, value in {"loss": out.loss.item(), **out.metrics}.items():
+                totals[key] = totals.get(key, 0.0) + value
+            progress.update(task, advance=1, loss=totals["loss"] / step)
+        progress.remove_task(task)
+        seconds = time.perf_counter() - start
+        steps = len(self.sampler)
+        return {
+            "train_loss": totals["loss"] / steps,
+            "train_acc": totals.get("acc", float("nan")) / steps,
+            **{f"train_{k}": v / steps for k, v in totals.items() if k not in ("loss", "acc")},
+            "seconds": seconds,
+            "images_per_s": images / seconds,
+        }
+
+    def validate(self) -> Any:
+        features = extract_features(
+            self.model, self.val_set.images, self.spec.mean, self.spec.std, self.device
+        )
+        return evaluate_episodes(
+            features,
+            self.val_set.labels,
+            split=self.val_set.name,
+            n_way=self.cfg.val_n_way,
+            k_shot=self.cfg.val_k_shot,
+            n_query=15,
+            episodes=self.cfg.val_episodes,
+            head=self.model.head(),
+            seed=self.cfg.seed,
+        )
+
+    def fit(self) -> Method:
+        """Trains the remaining epochs and returns the model with its best validation weights loaded."""
+        handler = self.run.attach_log()
+        try:
+            log.info(
+                "training %s/%s on %s (%s preset) on %s",
+                self.cfg.method,
+                self.cfg.backbone,
+                self.cfg.dataset,
+                self.cfg.preset,
+                self.device,
+            )
+            columns = (
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}"),
+                TimeRemainingColumn(),
+            )
+            with Progress(*columns, transient=True) as progress:
+                for epoch in range(self.start_epoch, self.cfg.epochs):
+                    record = {"epoch": epoch + 1, **self._train_epoch(epoch, progress)}
+                    val = self.validate()
+                    record.update(
+                        val_acc=val.mean,
+                        val_ci95=val.ci95,
+                        val_protocol=val.protocol,
+                        lr=self.optimizer.param_groups[0]["lr"],
+                    )
+                    self.history.append(record)
+                    improved = val.mean > self.best_val
+                    if improved:
+                        self.best_val = val.mean
+                    self._save(epoch, improved)
+                    with open(self.run.metrics, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    progress.console.print(
+                        f"epoch {epoch + 1}/{self.cfg.epochs}  loss {record['train_loss']:.4f}  "
+                        f"val {val.mean:.2f} ± {val.ci95:.2f}%{'  *best' if improved else ''}  "
+                        f"{record['images_per_s']:.0f} img/s"
+                    )
+                    log.info("epoch %d %s", epoch + 1, json.dumps(record))
+            if self.history:
+                plot_curves(
+                    self.history,
+                    self.run.path / "curves.png",
+                    f"{self.cfg.method} / {self.cfg.backbone} on {self.cfg.dataset}",
+                )
+        finally:
+            logging.getLogger("distilshot").removeHandler(handler)
+            handler.close()
+        best, _, _ = load_model(self.run.best)
+        return best.to(self.device).eval()
+
+    def _save(self, epoch: int, improved: bool) -> None:
+        state = {
+            "config": self.cfg.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": epoch,
+            "history": self.history,
+            "best_val": self.best_val,
+        }
+        save_checkpoint(self.run.last, self.spec, self.model, **state)
+        if improved:
+            save_checkpoint(self.run.best, self.spec, self.model, **state)
