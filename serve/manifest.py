@@ -164,7 +164,9 @@ class Manifest:
         outputs = {o.name for o in self.embedder.outputs}
         unknown = set(self.head.weights) - outputs
         if not self.head.weights or unknown:
-            raise BundleError(f"head.weights must name embedder outputs {sorted(outputs)}, got {sorted(self.head.weights)}")
+            raise BundleError(
+                f"head.weights must name embedder outputs {sorted(outputs)}, got {sorted(self.head.weights)}"
+            )
         if self.head.temperature <= 0:
             raise BundleError("head.temperature must be positive")
 

@@ -1,0 +1,246 @@
+"""The Python API of the runtime: register support images per class, classify queries.
+
+CLI, HTTP and demo front ends are meant to be thin layers over `FewShotClassifier`: every method takes
+paths, bytes or PIL images (with optional display names), validates all of them before anything is
+stored, and returns plain dataclasses / dicts ready to print or serialise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from distilshot.serve.engines import open_engine
+from distilshot.serve.engines.base import CHUNK_SIZE
+from distilshot.serve.head import PrototypeHead, Prototypes, softmax, top_k_indices
+from distilshot.serve.images import (
+    ImageSource,
+    load_image,
+    normalise,
+    source_name,
+    thumbnail_png,
+    to_model_pixels,
+)
+from distilshot.serve.manifest import load_manifest
+from distilshot.serve.store import ClassInfo, Shot, SupportStore
+from PIL import Image
+
+from distilshot.errors import DistilshotError
+
+# Files `register_folder` picks up from each class folder; anything else (notes, .DS_Store) is ignored.
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The best classes for one query image. `top_k` holds (label, softmax probability) best first;
+    `logits` holds the raw logit of each of those labels in the same order."""
+
+    image: str
+    top_k: list[tuple[str, float]]
+    logits: list[float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "top_k": [{"label": label, "score": score} for label, score in self.top_k],
+        }
+
+
+def folder_classes(folder: Path | str) -> dict[str, list[Path]]:
+    """One class per subfolder of `folder` (sorted by name), each with its image files (sorted)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DistilshotError(f"{folder} is not a folder")
+    subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subfolders:
+        raise DistilshotError(
+            f"{folder} has no class subfolders; put each class's images in its own subfolder"
+        )
+    classes = {}
+    for sub in subfolders:
+        files = sorted(
+            p
+            for p in sub.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+        )
+        if not files:
+            raise DistilshotError(f"{sub} has no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        classes[sub.name] = files
+    return classes
+
+
+class FewShotClassifier:
+    """A bundle's embedder plus a support store. `store_path=None` keeps classes in memory only.
+
+    Opening verifies the bundle's files against their sha256s (BundleError) and refuses a store whose
+    embeddings come from a different model (StoreError). Safe to share between threads.
+    """
+
+    def __init__(
+        self,
+        bundle_dir: Path | str,
+        store_path: Path | str | None = None,
+        backend: str = "auto",
+        *,
+        providers: Sequence[str] | None = None,
+    ) -> None:
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest = load_manifest(self.bundle_dir)
+        self.engine = open_engine(self.bundle_dir, self.manifest, backend, providers)
+        self.head = PrototypeHead(self.manifest.head)
+        self.store = SupportStore(store_path, self.manifest.fingerprint())
+        self._prepared: tuple[object, Prototypes] | None = None
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> FewShotClassifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- classes ------------------------------------------------------------------------------------
+
+    def register(
+        self, name: str, images: Sequence[ImageSource], *, names: Sequence[str] | None = None
+    ) -> ClassInfo:
+        """Adds a new class from its support images; a bad image or name stores nothing."""
+        return self.register_many({name: images}, names={name: names} if names is not None else None)[0]
+
+    def register_many(
+        self,
+        classes: Mapping[str, Sequence[ImageSource]],
+        *,
+        names: Mapping[str, Sequence[str]] | None = None,
+    ) -> list[ClassInfo]:
+        """Adds several new classes in one transaction: all of them or none."""
+        self.store.check_new(list(classes))  # cheap refusals before the embedding work
+        shots = {label: self._shots(images, (names or {}).get(label)) for label, images in classes.items()}
+        return self.store.register_many(shots)
+
+    def register_folder(self, folder: Path | str) -> list[ClassInfo]:
+        """Registers one class per subfolder of `folder` (see `folder_classes`), all in one transaction."""
+        return self.register_many(folder_classes(folder))
+
+    def add_shots(
+        self, name: str, images: Sequence[ImageSource], *, names: Sequence[str] | None = None
+    ) -> ClassInfo:
+        """Adds support images to an existing class."""
+        self.store.check_existing(name)
+        return self.store.add_shots(name, self._shots(images, names))
+
+    def remove(self, name: str) -> None:
+        self.store.remove(name)
+
+    def classes(self) -> list[ClassInfo]:
+        return self.store.classes()
+
+    # -- classification -----------------------------------------------------------------------------
+
+    def classify(
+        self, images: Sequence[ImageSource], top_k: int = 5, *, names: Sequence[str] | None = None
+    ) -> list[Prediction]:
+        """The `top_k` most probable classes (clipped to the number of classes) for each query image."""
+        if top_k < 1:
+            raise DistilshotError(f"top_k must be at least 1, not {top_k}")
+        labels, means = self.store.prototypes()
+        if not labels:
+            raise DistilshotError("no classes are registered yet; register some support images first")
+        prototypes = self._prototypes(labels, means)
+        image_names, pixels, _ = self._read(images, names, thumbnails=False)
+        if not image_names:
+            return []
+        logits = self.head.logits(self._embed(pixels), prototypes)
+        scores = softmax(logits)
+        best = top_k_indices(scores, top_k)
+        return [
+            Prediction(
+                image=image,
+                top_k=[(labels[c], float(scores[row, c])) for c in best[row]],
+                logits=[float(logits[row, c]) for c in best[row]],
+            )
+            for row, image in enumerate(image_names)
+        ]
+
+    def _prototypes(self, labels: list[str], means: dict[str, np.ndarray]) -> Prototypes:
+        # The store hands back the same `means` object until it changes, so prepare once per change.
+        prepared = self._prepared
+        if prepared is None or prepared[0] is not means:
+            prepared = (means, self.head.prepare(labels, means))
+            self._prepared = prepared
+        return prepared[1]
+
+    # -- images -------------------------------------------------------------------------------------
+
+    def _read(
+        self, images: Sequence[ImageSource], names: Sequence[str] | None, *, thumbnails: bool
+    ) -> tuple[list[str], np.ndarray, list[bytes]]:
+        """Loads and validates every image; keeps only model pixels (and thumbnails), not the decoded
+        images, so large calls do not hold many full-size images in memory."""
+        if isinstance(images, str | Path | bytes | Image.Image):
+            raise DistilshotError("pass a list of images, not a single image")
+        if names is not None and len(names) != len(images):
+            raise DistilshotError(f"got {len(names)} names for {len(images)} images")
+        prep = self.manifest.preprocessing
+        image_names, pixels, thumbs = [], [], []
+        for index, source in enumerate(images):
+            name = names[index] if names is not None else source_name(source, index)
+            image = load_image(source, name=name)
+            image_names.append(name)
+            pixels.append(to_model_pixels(image, prep))
+            if thumbnails:
+                thumbs.append(thumbnail_png(image))
+        shape = (0, prep.height, prep.width, prep.channels)
+        return image_names, np.stack(pixels) if pixels else np.zeros(shape, np.uint8), thumbs
+
+    def _embed(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        # Normalise chunk by chunk so the float copy never exceeds one engine chunk.
+        parts = [
+            self.engine.embed(normalise(pixels[start : start + CHUNK_SIZE], self.manifest.preprocessing))
+            for start in range(0, len(pixels), CHUNK_SIZE)
+        ]
+        return {o.name: np.concatenate([p[o.name] for p in parts]) for o in self.manifest.embedder.outputs}
+
+    def _shots(self, images: Sequence[ImageSource], names: Sequence[str] | None) -> list[Shot]:
+        image_names, pixels, thumbs = self._read(images, names, thumbnails=True)
+        if not image_names:
+            return []
+        embeddings = self._embed(pixels)
+        return [
+            Shot(
+                source=Path(name).name if isinstance(source, str | Path) else name,
+                embeddings={output: values[i] for output, values in embeddings.items()},
+                thumbnail=thumbs[i],
+            )
+            for i, (name, source) in enumerate(zip(image_names, images, strict=True))
+        ]
+
+    # -- description --------------------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        """What is being served: the bundle's model and quality, the engine in use and the store."""
+        m = self.manifest
+        return {
+            "name": m.name,
+            "method": m.method,
+            "backbone": m.backbone,
+            "dataset": m.dataset,
+            "metrics": m.metrics,
+            "fingerprint": m.fingerprint(),
+            "outputs": {o.name: o.dim for o in m.embedder.outputs},
+            "head": asdict(m.head),
+            "preprocessing": asdict(m.preprocessing),
+            "created": m.created,
+            "bundle": str(self.bundle_dir),
+            "engine": self.engine.name,
+            "providers": self.engine.providers_in_use,
+            "store": None if self.store.path is None else str(self.store.path),
+            "classes": len(self.store.classes()),
+        }

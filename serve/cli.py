@@ -1,0 +1,186 @@
+"""`distilshot register | classify | classes | remove | info`: the serving commands.
+
+Kept light to import: the classifier (numpy, Pillow, onnxruntime) is imported inside the commands that
+need it, and `classes` / `remove` open only the store.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from distilshot.errors import DistilshotError
+
+if TYPE_CHECKING:
+    from distilshot.serve.classifier import FewShotClassifier, Prediction
+    from distilshot.serve.store import ClassInfo, SupportStore
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
+
+Bundle = Annotated[Path, typer.Option("--bundle", "-b", help="Bundle folder (manifest.json + ONNX graph).")]
+OptionalBundle = Annotated[
+    Path | None,
+    typer.Option("--bundle", "-b", help="Bundle folder; if given, the store must match its model."),
+]
+Store = Annotated[
+    Path, typer.Option("--store", "-s", help="Support store (SQLite file), created on first register.")
+]
+Backend = Annotated[str, typer.Option("--backend", help="Inference backend: auto or onnxruntime.")]
+Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
+
+
+def _classifier(bundle: Path, store: Path | None, backend: str) -> FewShotClassifier:
+    from distilshot.serve.classifier import FewShotClassifier
+
+    return FewShotClassifier(bundle, store, backend)
+
+
+def _store(store: Path, bundle: Path | None) -> SupportStore:
+    """The store alone (no inference engine), checked against the bundle's model when one is given."""
+    from distilshot.serve.manifest import load_manifest
+    from distilshot.serve.store import SupportStore
+
+    if not store.exists():
+        raise DistilshotError(f"there is no support store at {store}")
+    return SupportStore(store, None if bundle is None else load_manifest(bundle).fingerprint())
+
+
+def _print_table(title: str, columns: list[str], rows: list[list[str]], show_header: bool = True) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    # Text, not str: class names and paths are user data, never rich markup ("[red]" stays literal).
+    table = Table(title=Text(title), title_justify="left", show_header=show_header)
+    for column in columns:
+        table.add_column(column, overflow="fold")  # fold, not truncate: fingerprints and paths stay whole
+    for row in rows:
+        table.add_row(*map(Text, row))
+    Console().print(table)
+
+
+def _print_classes(title: str, classes: list[ClassInfo], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps([{"name": c.name, "shots": c.shots, "created": c.created} for c in classes]))
+    else:
+        _print_table(title, ["class", "shots"], [[c.name, str(c.shots)] for c in classes])
+
+
+@app.command()
+def register(
+    bundle: Bundle,
+    store: Store,
+    name: Annotated[
+        str | None, typer.Argument(metavar="NAME", help="Name of the new class.", show_default=False)
+    ] = None,
+    images: Annotated[
+        list[Path] | None, typer.Argument(metavar="IMAGE", help="Its support images.", show_default=False)
+    ] = None,
+    folder: Annotated[
+        Path | None, typer.Option("--folder", help="Register one class per subfolder, all or nothing.")
+    ] = None,
+    add: Annotated[bool, typer.Option("--add", help="Add the images to an existing class.")] = False,
+    backend: Backend = "auto",
+    as_json: Json = False,
+) -> None:
+    """Register a class from support images (or a folder of class subfolders)."""
+    if folder is not None:
+        if name is not None or images or add:
+            raise DistilshotError(
+                "give either NAME IMAGES... or --folder, not both (--add works with NAME only)"
+            )
+        with _classifier(bundle, store, backend) as classifier:
+            infos = classifier.register_folder(folder)
+    else:
+        if name is None or not images:
+            raise DistilshotError("give a class NAME and at least one support image, or --folder")
+        with _classifier(bundle, store, backend) as classifier:
+            infos = [classifier.add_shots(name, images) if add else classifier.register(name, images)]
+    _print_classes("added to" if add else "registered", infos, as_json)
+
+
+@app.command()
+def classify(
+    images: Annotated[list[Path], typer.Argument(metavar="IMAGE", help="Query images.", show_default=False)],
+    bundle: Bundle,
+    store: Store,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many classes to show per image.")] = 5,
+    backend: Backend = "auto",
+    as_json: Json = False,
+) -> None:
+    """Classify query images against the registered classes."""
+    if not store.exists():
+        raise DistilshotError(f"there is no support store at {store}; register classes first")
+    with _classifier(bundle, store, backend) as classifier:
+        predictions = classifier.classify(images, top_k=top_k)
+    if as_json:
+        for prediction in predictions:
+            typer.echo(json.dumps(prediction.to_dict()))
+    else:
+        _print_table("predictions", ["image", "class", "score"], _prediction_rows(predictions))
+
+
+def _prediction_rows(predictions: list[Prediction]) -> list[list[str]]:
+    rows = []
+    for prediction in predictions:
+        for rank, (label, score) in enumerate(prediction.top_k):
+            rows.append([prediction.image if rank == 0 else "", label, f"{score:.3f}"])
+    return rows
+
+
+@app.command()
+def classes(store: Store, bundle: OptionalBundle = None, as_json: Json = False) -> None:
+    """List the registered classes."""
+    with _store(store, bundle) as opened:
+        infos = opened.classes()
+    _print_classes(f"classes in {store}", infos, as_json)
+
+
+@app.command()
+def remove(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Class to remove.", show_default=False)],
+    store: Store,
+    bundle: OptionalBundle = None,
+    as_json: Json = False,
+) -> None:
+    """Remove a class and its support images."""
+    with _store(store, bundle) as opened:
+        opened.remove(name)
+    if as_json:
+        typer.echo(json.dumps({"removed": name}))
+    else:
+        typer.echo(f"removed {name!r}")
+
+
+@app.command()
+def info(
+    bundle: Bundle,
+    store: Annotated[
+        Path | None, typer.Option("--store", "-s", help="Also count this store's classes.")
+    ] = None,
+    backend: Backend = "auto",
+    as_json: Json = False,
+) -> None:
+    """Describe a bundle: model, quality metrics, fingerprint and the engine that runs it."""
+    if store is not None and not store.exists():
+        raise DistilshotError(f"there is no support store at {store}")
+    with _classifier(bundle, store, backend) as classifier:
+        summary = classifier.info()
+    if store is None:
+        del summary["store"], summary["classes"]  # an in-memory store says nothing about the user's classes
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        rows = [[key, _show(value)] for key, value in summary.items()]
+        _print_table(f"bundle {summary['name']}", ["", ""], rows, show_header=False)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)

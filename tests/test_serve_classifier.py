@@ -1,0 +1,184 @@
+"""FewShotClassifier end to end on tiny bundles whose embeddings are known."""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+
+import numpy as np
+import pytest
+from distilshot.serve.classifier import FewShotClassifier, folder_classes
+from distilshot.serve.head import softmax
+from PIL import Image
+from serve_fixtures import encode, expected_embedding, make_bundle, solid, write_image
+
+from distilshot.errors import DistilshotError, ImageError, StoreError
+
+RED, GREEN, BLUE = (250, 10, 10), (10, 240, 10), (0, 0, 255)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return make_bundle(tmp_path_factory.mktemp("single"))
+
+
+@pytest.fixture
+def clf(bundle):
+    with FewShotClassifier(bundle) as classifier:
+        yield classifier
+
+
+def test_register_and_classify_paths_bytes_and_pil(clf, tmp_path):
+    red_path = write_image(tmp_path / "red1.png", solid(RED))
+    clf.register("red", [red_path, encode(solid((230, 0, 0)), "JPEG", quality=95)])
+    clf.register("green", [solid(GREEN)])
+    clf.register("blue", [encode(solid(BLUE))], names=["upload.png"])
+    assert [(c.name, c.shots) for c in clf.classes()] == [("blue", 1), ("green", 1), ("red", 2)]
+
+    query = write_image(tmp_path / "q.png", solid((200, 30, 30), (40, 30)))
+    predictions = clf.classify([query, encode(solid((0, 10, 200)))], top_k=2)
+    assert [p.image for p in predictions] == [str(query), "image 2"]
+    assert [label for label, _ in predictions[0].top_k] == ["red", "green"]
+    assert predictions[1].top_k[0][0] == "blue"
+    for p in predictions:
+        scores = [score for _, score in p.top_k]
+        assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1 + 1e-9
+        assert len(p.logits) == 2 and p.logits[0] >= p.logits[1]
+
+
+def test_logits_and_scores_follow_the_head(clf):
+    clf.register("red", [solid(RED)])
+    clf.register("blue", [solid(BLUE)])
+    (prediction,) = clf.classify([solid((128, 0, 128))], top_k=5)
+    assert len(prediction.top_k) == 2  # clipped to the number of classes
+    q = expected_embedding((128, 0, 128))
+    by_hand = {
+        "blue": -float(((q - expected_embedding(BLUE)) ** 2).sum()),
+        "red": -float(((q - expected_embedding(RED)) ** 2).sum()),
+    }
+    labels = [label for label, _ in prediction.top_k]
+    assert prediction.logits == pytest.approx([by_hand[label] for label in labels], rel=1e-4)
+    probabilities = softmax(np.array([[by_hand[label] for label in labels]]))[0]
+    assert [s for _, s in prediction.top_k] == pytest.approx(probabilities.tolist(), rel=1e-4)
+    assert prediction.to_dict() == {
+        "image": "image 1",
+        "top_k": [{"label": label, "score": score} for label, score in prediction.top_k],
+    }
+
+
+def test_two_output_bundle(tmp_path):
+    bundle = make_bundle(tmp_path / "two", "two", weights={"global": 0.5, "local": 2.0}, temperature=0.5)
+    with FewShotClassifier(bundle) as clf:
+        clf.register("red", [solid(RED)])
+        clf.register("blue", [solid(BLUE)])
+        assert clf.classify([solid((220, 0, 30))])[0].top_k[0][0] == "red"
+        assert clf.info()["outputs"] == {"global": 4, "local": 3}
+
+
+def test_bad_third_image_stores_nothing(bundle, tmp_path):
+    store = tmp_path / "s.db"
+    with FewShotClassifier(bundle, store) as clf:
+        clf.register("green", [solid(GREEN)])
+    before = store.read_bytes()
+    with FewShotClassifier(bundle, store) as clf:
+        bad = [solid(RED), encode(solid(RED)), b"definitely not an image"]
+        with pytest.raises(ImageError, match="image 3: not an image"):
+            clf.register("red", bad)
+        with pytest.raises(ImageError, match="image 3"):
+            clf.add_shots("green", bad)
+        assert [c.name for c in clf.classes()] == ["green"]
+    assert store.read_bytes() == before
+
+
+def test_store_rules_reach_the_api(clf):
+    clf.register("cat", [solid(RED)])
+    with pytest.raises(StoreError, match="already registered"):
+        clf.register("cat", [solid(BLUE)])
+    with pytest.raises(StoreError, match="path separator"):
+        clf.register("a/b", [solid(BLUE)])
+    with pytest.raises(StoreError, match="at least one support image"):
+        clf.register("dog", [])
+    with pytest.raises(StoreError, match="no class 'dog'"):
+        clf.add_shots("dog", [solid(BLUE)])
+    assert clf.add_shots("cat", [solid(BLUE)]).shots == 2
+    clf.remove("cat")
+    with pytest.raises(StoreError, match="no class 'cat'"):
+        clf.remove("cat")
+
+
+def test_classify_needs_classes_and_valid_arguments(clf):
+    with pytest.raises(DistilshotError, match="no classes are registered"):
+        clf.classify([solid(RED)])
+    clf.register("red", [solid(RED)])
+    with pytest.raises(DistilshotError, match="top_k must be at least 1"):
+        clf.classify([solid(RED)], top_k=0)
+    with pytest.raises(DistilshotError, match="list of images"):
+        clf.classify(solid(RED))  # type: ignore[arg-type]
+    with pytest.raises(DistilshotError, match="2 names for 1 images"):
+        clf.classify([solid(RED)], names=["a", "b"])
+    assert clf.classify([]) == []
+    assert clf.classify([solid(RED)], names=["mine"])[0].image == "mine"
+
+
+def test_remove_then_classify(clf):
+    clf.register("red", [solid(RED)])
+    clf.register("blue", [solid(BLUE)])
+    clf.remove("red")
+    assert clf.classify([solid(RED)])[0].top_k[0][0] == "blue"
+
+
+def test_store_persists_and_refuses_another_model(bundle, tmp_path):
+    store = tmp_path / "s.db"
+    with FewShotClassifier(bundle, store) as clf:
+        clf.register("red", [write_image(tmp_path / "dir" / "r.png", solid(RED))])
+    with FewShotClassifier(bundle, store) as clf:
+        assert clf.classify([solid(RED)])[0].top_k == [("red", 1.0)]
+    other = make_bundle(tmp_path / "other", "two")
+    with pytest.raises(StoreError, match="cannot be mixed"):
+        FewShotClassifier(other, store)
+    conn = sqlite3.connect(store)
+    source, png = conn.execute("SELECT source, thumbnail FROM shots").fetchone()
+    conn.close()
+    assert source == "r.png"  # the file name, not the caller's folder layout
+    assert Image.open(io.BytesIO(png)).size == (24, 20)
+
+
+def test_thumbnails_are_downscaled(bundle, tmp_path):
+    with FewShotClassifier(bundle, tmp_path / "s.db") as clf:
+        clf.register("big", [solid(RED, (1000, 400))])
+    conn = sqlite3.connect(tmp_path / "s.db")
+    png = conn.execute("SELECT thumbnail FROM shots").fetchone()[0]
+    conn.close()
+    assert Image.open(io.BytesIO(png)).size == (256, 102)
+
+
+def test_register_folder_is_one_transaction(bundle, tmp_path):
+    support = tmp_path / "support"
+    write_image(support / "b red" / "1.png", solid(RED))
+    write_image(support / "b red" / "2.jpg", solid((240, 0, 0)), "JPEG")
+    (support / "b red" / "notes.txt").write_text("ignored")
+    write_image(support / "a blue" / "1.png", solid(BLUE))
+    assert list(folder_classes(support)) == ["a blue", "b red"]
+    with FewShotClassifier(bundle) as clf:
+        infos = clf.register_folder(support)
+        assert [(i.name, i.shots) for i in infos] == [("a blue", 1), ("b red", 2)]
+    (support / "c broken").mkdir()
+    (support / "c broken" / "x.png").write_bytes(b"broken")
+    with FewShotClassifier(bundle) as clf:
+        with pytest.raises(ImageError, match=r"x\.png"):
+            clf.register_folder(support)
+        assert clf.classes() == []
+    with pytest.raises(DistilshotError, match="no image files"):
+        (support / "d empty").mkdir()
+        folder_classes(support)
+    with pytest.raises(DistilshotError, match="no class subfolders"):
+        folder_classes(support / "a blue")
+
+
+def test_info_summarises_the_bundle_and_engine(clf, bundle):
+    info = clf.info()
+    assert info["method"] == "protonet" and info["backbone"] == "tinynet" and info["dataset"] == "colours"
+    assert info["metrics"] == {"5way-1shot": {"accuracy": 0.5, "ci95": 0.01}}
+    assert info["fingerprint"] == clf.manifest.fingerprint() and len(info["fingerprint"]) == 64
+    assert info["engine"] == "onnxruntime" and info["providers"] == ["CPUExecutionProvider"]
+    assert info["store"] is None and info["classes"] == 0
