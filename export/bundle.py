@@ -11,12 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from distilshot.errors import DistilshotError
 from distilshot.export.onnx_graph import export_embedder
 from distilshot.serve.manifest import Head, Manifest, Preprocessing, sha256_file
 from distilshot.train.checkpoint import ModelSpec
 from distilshot.train.methods import Method
-
-from distilshot.errors import DistilshotError
 
 EMBEDDER_FILE = "embedder.onnx"
 

@@ -12,8 +12,9 @@ app = typer.Typer(add_completion=False)
 
 
 def _report(outcome: object, json_output: bool, extra: dict[str, object] | None = None) -> None:
-    from distilshot.train.report import print_results
     from rich.console import Console
+
+    from distilshot.train.report import print_results
 
     summary = {
         "bundle": str(outcome.bundle),

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import onnx
 import torch
+from torch import nn
+
 from distilshot.serve.manifest import Graph, Output
 from distilshot.train.checkpoint import ModelSpec
 from distilshot.train.methods import Method
-from torch import nn
 
 INPUT_NAME = "image"
 OPSET = 18

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from distilshot.serve.engines.registry import open_engine
 from distilshot.serve.head import PrototypeHead
 from distilshot.serve.manifest import load_manifest

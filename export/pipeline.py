@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from distilshot.errors import DistilshotError
 from distilshot.export.bundle import write_bundle
 from distilshot.export.parity import ParityReport, check_parity
 from distilshot.serve.manifest import sha256_file
@@ -15,8 +16,6 @@ from distilshot.train.evaluation import EvalResult
 from distilshot.train.methods import Method
 from distilshot.train.pipeline import evaluate
 from distilshot.train.report import load_results, run_folder_of, save_results
-
-from distilshot.errors import DistilshotError
 
 
 @dataclass

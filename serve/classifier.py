@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
+
+from distilshot.errors import DistilshotError
 from distilshot.serve.engines import open_engine
 from distilshot.serve.engines.base import CHUNK_SIZE
 from distilshot.serve.head import PrototypeHead, Prototypes, softmax, top_k_indices
@@ -26,9 +29,6 @@ from distilshot.serve.images import (
 )
 from distilshot.serve.manifest import load_manifest
 from distilshot.serve.store import ClassInfo, Shot, SupportStore
-from PIL import Image
-
-from distilshot.errors import DistilshotError
 
 # Files `register_folder` picks up from each class folder; anything else (notes, .DS_Store) is ignored.
 IMAGE_SUFFIXES = frozenset(

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from distilshot.serve.manifest import Head
 
 # Below this norm a vector counts as zero for cosine similarity (as torch's F.normalize).

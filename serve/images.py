@@ -13,10 +13,10 @@ import io
 from pathlib import Path
 
 import numpy as np
-from distilshot.serve.manifest import Preprocessing
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from distilshot.errors import ImageError
+from distilshot.serve.manifest import Preprocessing
 
 ImageSource = str | Path | bytes | Image.Image
 

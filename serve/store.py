@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from distilshot.serve.head import class_mean
 
 from distilshot.errors import StoreError
+from distilshot.serve.head import class_mean
 
 APPLICATION_ID = 0x44534854  # "DSHT" in the SQLite header marks a distilshot support store
 SCHEMA_VERSION = 1  # PRAGMA user_version

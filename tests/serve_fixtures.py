@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from distilshot.serve.manifest import Graph, Head, Manifest, Output, Preprocessing, sha256_file
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
+
+from distilshot.serve.manifest import Graph, Head, Manifest, Output, Preprocessing, sha256_file
 
 SIZE = 16
 MEAN = (0.5, 0.5, 0.5)

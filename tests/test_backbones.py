@@ -8,8 +8,13 @@ from distilshot.train.backbones.resnet12 import DropBlock
 
 @pytest.mark.parametrize(
     ("name", "channels", "size", "dim"),
-    [("convnet4", 1, 28, 64), ("convnet4", 3, 32, 256), ("convnet4", 3, 84, 1600), ("resnet12", 3, 32, 640),
-     ("resnet12", 1, 28, 640)],
+    [
+        ("convnet4", 1, 28, 64),
+        ("convnet4", 3, 32, 256),
+        ("convnet4", 3, 84, 1600),
+        ("resnet12", 3, 32, 640),
+        ("resnet12", 1, 28, 640),
+    ],
 )
 def test_embedding_dimensions(name: str, channels: int, size: int, dim: int) -> None:
     backbone = build_backbone(name, channels, size).eval()
@@ -55,6 +60,10 @@ def test_dropblock_drops_whole_blocks() -> None:
     for r, c in zeros:
         assert any(
             (out[max(0, r - dr) : r - dr + 3, max(0, c - dc) : c - dc + 3] == 0).all()
-            and r - dr >= 0 and c - dc >= 0 and r - dr + 3 <= 12 and c - dc + 3 <= 12
-            for dr in range(3) for dc in range(3)
+            and r - dr >= 0
+            and c - dc >= 0
+            and r - dr + 3 <= 12
+            and c - dc + 3 <= 12
+            for dr in range(3)
+            for dc in range(3)
         )

@@ -29,7 +29,9 @@ def test_round_trip_keeps_weights_and_extra_state(tmp_path: Path) -> None:
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
 
 
-def test_a_pickle_with_code_is_refused_without_running_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_pickle_with_code_is_refused_without_running_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.pt"
     torch.save({"format": "distilshot-checkpoint", "x": Payload()}, path)

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
+from distilshot.errors import DatasetMissingError, DistilshotError, ImageError
 from distilshot.train.data import (
     DATASETS,
     DatasetInfo,
@@ -32,9 +35,6 @@ from distilshot.train.data.cifar import cifar100
 from distilshot.train.data.download import ARCHIVES, Archive, locate, unpack
 from distilshot.train.data.imageset import channel_stats
 from distilshot.train.data.splitfiles import SPLITS, class_list
-from PIL import Image
-
-from distilshot.errors import DatasetMissingError, DistilshotError, ImageError
 
 SPLIT_NAMES = ("train", "val", "test", "trainval")
 

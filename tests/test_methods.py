@@ -34,10 +34,13 @@ def test_protonet_loss_by_hand() -> None:
 def test_prototype_logits_cosine_and_fusion() -> None:
     support = {"a": torch.tensor([[1.0, 0.0], [0.0, 2.0]]), "b": torch.tensor([[1.0], [3.0]])}
     query = {"a": torch.tensor([[1.0, 1.0]]), "b": torch.tensor([[2.0]])}
-    cosine = prototype_logits(support, query, 2, 1, {"metric": "cosine", "weights": {"a": 1.0}, "temperature": 0.5})
+    cosine = prototype_logits(
+        support, query, 2, 1, {"metric": "cosine", "weights": {"a": 1.0}, "temperature": 0.5}
+    )
     assert torch.allclose(cosine, torch.tensor([[2 / math.sqrt(2), 2 / math.sqrt(2)]]))
-    fused = prototype_logits(support, query, 2, 1, {"metric": "euclidean", "weights": {"a": 1.0, "b": 2.0},
-                                                     "temperature": 1.0})
+    fused = prototype_logits(
+        support, query, 2, 1, {"metric": "euclidean", "weights": {"a": 1.0, "b": 2.0}, "temperature": 1.0}
+    )
     # a: d = (1, 2); b: d = (1, 1) -> logits = -(1 + 2*1), -(2 + 2*1)
     assert torch.allclose(fused, torch.tensor([[-3.0, -4.0]]))
 

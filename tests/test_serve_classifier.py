@@ -7,12 +7,12 @@ import sqlite3
 
 import numpy as np
 import pytest
-from distilshot.serve.classifier import FewShotClassifier, folder_classes
-from distilshot.serve.head import softmax
 from PIL import Image
 from serve_fixtures import encode, expected_embedding, make_bundle, solid, write_image
 
 from distilshot.errors import DistilshotError, ImageError, StoreError
+from distilshot.serve.classifier import FewShotClassifier, folder_classes
+from distilshot.serve.head import softmax
 
 RED, GREEN, BLUE = (250, 10, 10), (10, 240, 10), (0, 0, 255)
 

@@ -7,13 +7,13 @@ import sys
 
 import numpy as np
 import pytest
+from serve_fixtures import SIZE, expected_embedding, make_bundle
+
+from distilshot.errors import BundleError, DistilshotError
 from distilshot.serve.engines import BACKENDS, open_engine
 from distilshot.serve.engines import onnxruntime_engine as ort_engine
 from distilshot.serve.engines.onnxruntime_engine import OnnxRuntimeEngine
 from distilshot.serve.manifest import load_manifest, sha256_file
-from serve_fixtures import SIZE, expected_embedding, make_bundle
-
-from distilshot.errors import BundleError, DistilshotError
 
 
 @pytest.fixture(scope="module")

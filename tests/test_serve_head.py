@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from distilshot.serve.head import PrototypeHead, class_mean, softmax, top_k_indices
 from distilshot.serve.manifest import Head
 

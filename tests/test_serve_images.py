@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
+from serve_fixtures import encode, noise, png_claiming, solid
+
+from distilshot.errors import ImageError
 from distilshot.serve.images import (
     load_image,
     normalise,
@@ -12,10 +16,6 @@ from distilshot.serve.images import (
     to_model_pixels,
 )
 from distilshot.serve.manifest import Preprocessing
-from PIL import Image
-from serve_fixtures import encode, noise, png_claiming, solid
-
-from distilshot.errors import ImageError
 
 
 def prep(height: int, width: int | None = None, channels: int = 3, **kw: object) -> Preprocessing:

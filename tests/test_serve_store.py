@@ -6,9 +6,9 @@ import sqlite3
 
 import numpy as np
 import pytest
-from distilshot.serve.store import APPLICATION_ID, SCHEMA_VERSION, Shot, SupportStore
 
 from distilshot.errors import StoreError
+from distilshot.serve.store import APPLICATION_ID, SCHEMA_VERSION, Shot, SupportStore
 
 FP = "a" * 64
 OTHER_FP = "b" * 64

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from distilshot.train.backbones import build_backbone
-from distilshot.train.methods import Method, build_method
 
 from distilshot.errors import CheckpointError
+from distilshot.train.backbones import build_backbone
+from distilshot.train.methods import Method, build_method
 
 FORMAT = "distilshot-checkpoint"
 VERSION = 1

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from distilshot.train.augment import Augmenter, normalize, to_float
 from distilshot.train.methods.base import Method, prototype_logits
 from distilshot.train.samplers import EpisodeSampler

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from distilshot.train.augment import Augmenter
 from distilshot.train.checkpoint import ModelSpec
 from distilshot.train.config import TrainConfig

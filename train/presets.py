@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from distilshot.train.config import TrainConfig
-
 from distilshot.errors import ConfigError
+from distilshot.train.config import TrainConfig
 
 PRESETS = ("quick", "paper")
 

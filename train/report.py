@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from distilshot.train.evaluation import EvalResult
 from rich.console import Console
 from rich.table import Table
+
+from distilshot.train.evaluation import EvalResult
 
 EVAL_FILE = "eval.json"
 

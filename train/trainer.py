@@ -17,6 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from distilshot.errors import ConfigError
 from distilshot.train.augment import Augmenter, normalize, to_float
 from distilshot.train.checkpoint import ModelSpec, load_model, read_checkpoint, save_checkpoint
 from distilshot.train.config import TrainConfig
@@ -25,9 +28,6 @@ from distilshot.train.evaluation import evaluate_episodes, extract_features
 from distilshot.train.methods.base import Batch, Method
 from distilshot.train.plots import plot_curves
 from distilshot.train.samplers import EpisodeSampler, RandomBatchSampler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-from distilshot.errors import ConfigError
 
 log = logging.getLogger("distilshot.train")
 

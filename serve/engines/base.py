@@ -6,9 +6,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
-from distilshot.serve.manifest import Graph, Preprocessing
 
 from distilshot.errors import BundleError, DistilshotError
+from distilshot.serve.manifest import Graph, Preprocessing
 
 CHUNK_SIZE = 64
 

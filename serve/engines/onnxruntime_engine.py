@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from distilshot.serve.engines.base import CHUNK_SIZE, check_batch, embed_in_chunks
-from distilshot.serve.manifest import Manifest
 
 from distilshot.errors import BundleError, DistilshotError
+from distilshot.serve.engines.base import CHUNK_SIZE, check_batch, embed_in_chunks
+from distilshot.serve.manifest import Manifest
 
 INSTALL_HINT = "pip install distilshot[cpu] (or distilshot[gpu] for CUDA)"
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)

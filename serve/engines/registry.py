@@ -7,10 +7,9 @@ import importlib
 from collections.abc import Sequence
 from pathlib import Path
 
+from distilshot.errors import DistilshotError
 from distilshot.serve.engines.base import Engine
 from distilshot.serve.manifest import Manifest
-
-from distilshot.errors import DistilshotError
 
 # backend name -> module implementing it
 BACKENDS: dict[str, str] = {

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from distilshot.errors import ConfigError
 from distilshot.train.backbones.base import Backbone
 from distilshot.train.backbones.convnet import ConvNet4
 from distilshot.train.backbones.resnet12 import ResNet12
-
-from distilshot.errors import ConfigError
 
 BACKBONES = {"convnet4": ConvNet4, "resnet12": ResNet12}
 

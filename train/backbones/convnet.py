@@ -3,8 +3,9 @@ The embedding is the flattened final map: 64-d at 28 px, 256-d at 32 px, 1600-d 
 
 from __future__ import annotations
 
-from distilshot.train.backbones.base import Backbone
 from torch import nn
+
+from distilshot.train.backbones.base import Backbone
 
 
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from distilshot.train.backbones.base import Backbone
 from torch import nn
+
+from distilshot.train.backbones.base import Backbone
 
 
 class DropBlock(nn.Module):

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
+
 from distilshot.train.data.decode import DECODE_VERSION
 from distilshot.train.data.imageset import ImageSet
 from distilshot.train.data.root import cache_dir

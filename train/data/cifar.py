@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from distilshot.errors import DatasetMissingError, DistilshotError
 from distilshot.train.data.arraycache import cached, file_fingerprint
 from distilshot.train.data.decode_pool import decode_many
 from distilshot.train.data.download import ARCHIVES, locate
 from distilshot.train.data.imageset import DatasetInfo, ImageSet
 from distilshot.train.data.splitfiles import class_list
-
-from distilshot.errors import DatasetMissingError, DistilshotError
 
 SPLITS = ("train", "val", "test", "trainval")
 _PER_CLASS = 600

@@ -11,9 +11,10 @@ from itertools import repeat
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
 from distilshot.train.data.decode import decode_image
 from distilshot.train.data.progress import progress_bar
-from PIL import Image
 
 # Below this many images, starting worker processes costs more than it saves.
 PARALLEL_MIN = 1024

@@ -12,10 +12,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from distilshot.errors import DatasetMissingError
 from distilshot.train.data.progress import progress_bar
 from distilshot.train.data.root import DATA_ENV, OFFLINE_ENV, cache_dir, data_roots, download_root, offline
-
-from distilshot.errors import DatasetMissingError
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from distilshot.errors import DatasetMissingError, DistilshotError
 from distilshot.train.data.arraycache import cached, file_fingerprint
 from distilshot.train.data.decode_pool import decode_many
 from distilshot.train.data.imageset import DatasetInfo, ImageSet, channel_stats, concat
-
-from distilshot.errors import DatasetMissingError, DistilshotError
 
 PREFIX = "folder:"
 IMAGE_SIZE = 84

@@ -8,13 +8,13 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import numpy as np
+
+from distilshot.errors import DatasetMissingError
 from distilshot.train.data.arraycache import cached, file_fingerprint
 from distilshot.train.data.decode_pool import decode_many
 from distilshot.train.data.imageset import DatasetInfo, ImageSet, concat
 from distilshot.train.data.root import DATA_ENV, data_roots
 from distilshot.train.data.splitfiles import SPLITS, csv_rows
-
-from distilshot.errors import DatasetMissingError
 
 # `filename,label` CSVs per split; a module attribute so tests can point it at a tiny split.
 CSV_DIR = SPLITS / "mini-imagenet-ravi"

@@ -7,10 +7,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 
+from distilshot.errors import DistilshotError
 from distilshot.train.data import cifar, folder, miniimagenet, omniglot
 from distilshot.train.data.imageset import DatasetInfo, ImageSet
-
-from distilshot.errors import DistilshotError
 
 _BENCHMARKS: dict[str, tuple[DatasetInfo, Callable[[str, int], ImageSet]]] = {
     "omniglot": (omniglot.LAKE_INFO, omniglot.load_lake),

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from distilshot.errors import ConfigError
 from distilshot.train.backbones import Backbone
 from distilshot.train.methods.base import Method
 from distilshot.train.methods.pretrain import Pretrain
 from distilshot.train.methods.protonet import ProtoNet
-
-from distilshot.errors import ConfigError
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Pretrain, ProtoNet)}
 

@@ -12,10 +12,10 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from distilshot.train.backbones import Backbone
 from torch import nn
 
 from distilshot.errors import ConfigError
+from distilshot.train.backbones import Backbone
 
 
 @dataclass

@@ -7,10 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch.nn.functional as F
+from torch import nn
+
 from distilshot.train.augment import with_rotations
 from distilshot.train.backbones import Backbone
 from distilshot.train.methods.base import Batch, LossOutput, Method, accuracy
-from torch import nn
 
 
 class Pretrain(Method):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
+
 from distilshot.train.methods.base import Batch, LossOutput, Method, accuracy, prototype_logits
 
 
