@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 # What `make train-export` trains (override on the command line: make train-export METHOD=pretrain ...)
-METHOD ?= protonet
+METHOD ?= pretrain
 DATASET ?= omniglot
 BACKBONE ?= convnet4
 PRESET ?= quick

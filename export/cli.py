@@ -51,7 +51,7 @@ def export(
 
 @app.command(name="train-export")
 def train_export(
-    method: Annotated[str, typer.Option(help="pretrain | protonet")] = "protonet",
+    method: Annotated[str, typer.Option(help="pretrain | protonet")] = "pretrain",
     dataset: Annotated[
         str, typer.Option(help="omniglot | omniglot-vinyals | cifar-fs | fc100 | mini-imagenet | folder:PATH")
     ] = "omniglot",

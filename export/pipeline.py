@@ -26,7 +26,8 @@ class ExportOutcome:
 
 
 def metrics_of(results: list[EvalResult]) -> dict[str, dict[str, object]]:
-    return {f"{r.key} {r.classifier}": r.to_dict() for r in results}
+    """Manifest metrics keyed "<N>-way <K>-shot <classifier>"; the most episodes win a shared key."""
+    return {f"{r.key} {r.classifier}": r.to_dict() for r in sorted(results, key=lambda r: r.episodes)}
 
 
 def export_model(

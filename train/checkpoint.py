@@ -41,7 +41,10 @@ class ModelSpec:
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
         return cls(**{**data, "mean": tuple(data["mean"]), "std": tuple(data["std"])})
 
-    def build(self) -> Method:
+    def build(self, seed: int | None = None) -> Method:
+        """A freshly initialised model; with `seed`, the initial weights are a function of it."""
+        if seed is not None:
+            torch.manual_seed(seed)
         backbone = build_backbone(self.backbone, self.channels, self.image_size)
         return build_method(self.method, backbone, self.num_classes, dict(self.method_params))
 

@@ -18,7 +18,7 @@ DatasetOpt = Annotated[
 
 @app.command()
 def train(
-    method: MethodOpt = "protonet",
+    method: MethodOpt = "pretrain",
     dataset: DatasetOpt = "omniglot",
     backbone: Annotated[str, typer.Option(help="convnet4 | resnet12")] = "convnet4",
     preset: Annotated[str, typer.Option(help="quick (CPU minutes) | paper (published schedule)")] = "quick",

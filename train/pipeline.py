@@ -72,7 +72,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> TrainOutcome
     spec = model_spec(cfg, train_set.num_classes)
     run = RunFolder(run_dir)
     (run.path / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    trainer = Trainer(spec.build(), spec, cfg, train_set, val_set, run)
+    trainer = Trainer(spec.build(cfg.seed), spec, cfg, train_set, val_set, run)
     if resume:
         trainer.resume()
     start = time.perf_counter()

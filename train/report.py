@@ -34,8 +34,11 @@ def run_folder_of(checkpoint: Path) -> Path:
 
 
 def save_results(run_dir: Path, results: list[EvalResult]) -> Path:
+    """Adds `results` to the run's eval.json, replacing earlier results of the same protocol."""
+    merged = {r.protocol: r for r in load_results(run_dir) or []}
+    merged.update({r.protocol: r for r in results})
     path = Path(run_dir) / EVAL_FILE
-    path.write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
+    path.write_text(json.dumps([r.to_dict() for r in merged.values()], indent=2) + "\n")
     return path
 
 

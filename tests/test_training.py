@@ -1,0 +1,138 @@
+"""Training on real data: every method's loss falls on a real mini-batch, and a run interrupted after an
+epoch and resumed ends with exactly the weights of the uninterrupted run."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distilshot.train.checkpoint import read_checkpoint
+from distilshot.train.data.imageset import ImageSet
+from distilshot.train.data.registry import load_split
+from distilshot.train.methods import METHODS
+from distilshot.train.pipeline import model_spec
+from distilshot.train.presets import preset_config
+from distilshot.train.samplers import EpisodeSampler
+from distilshot.train.trainer import BatchMaker, RunFolder, Trainer
+
+
+@pytest.fixture(scope="module")
+def omniglot_train():
+    return load_split("omniglot", "train")
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_loss_decreases_on_a_real_mini_batch(method: str, omniglot_train) -> None:
+    torch.manual_seed(0)
+    cfg = preset_config(method, "omniglot", "quick")
+    spec = model_spec(cfg, omniglot_train.num_classes)
+    model = spec.build().train()
+    episode = next(iter(EpisodeSampler(omniglot_train.labels, 10, 3, 2, 1, seed=0)))
+    batch = BatchMaker(omniglot_train, spec, "none", torch.device("cpu"))(
+        episode.indices, torch.Generator().manual_seed(0), n_way=10, k_shot=3, n_query=2
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(15):
+        loss = model.loss(batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def small_trainer(run_dir: Path, method: str, dataset: str, backbone: str) -> Trainer:
+    cfg = preset_config(
+        method,
+        dataset,
+        "quick",
+        backbone=backbone,
+        epochs=2,
+        steps_per_epoch=3,
+        batch_size=16,
+        n_way=5,
+        k_shot=2,
+        n_query=2,
+        val_episodes=20,
+    )
+    train_set = load_split(dataset, "train").subset(range(8))
+    val = load_split(dataset, "val").subset(range(5))
+    keep = np.concatenate([rows[:20] for rows in val.class_rows()])
+    val_set = ImageSet(val.name, val.images[keep], val.labels[keep], val.class_names)
+    spec = model_spec(cfg, train_set.num_classes)
+    return Trainer(spec.build(cfg.seed), spec, cfg, train_set, val_set, RunFolder(run_dir))
+
+
+@pytest.mark.parametrize(
+    ("method", "dataset", "backbone"),
+    [("pretrain", "cifar-fs", "resnet12"), ("protonet", "omniglot", "convnet4")],
+)
+def test_resumed_run_is_identical_to_uninterrupted(
+    tmp_path: Path, method: str, dataset: str, backbone: str
+) -> None:
+    straight = small_trainer(tmp_path / "straight", method, dataset, backbone)
+    straight.fit()
+
+    interrupted = small_trainer(tmp_path / "resumed", method, dataset, backbone)
+    original = interrupted._train_epoch
+
+    def crash_in_second_epoch(epoch, progress):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(epoch, progress)
+
+    interrupted._train_epoch = crash_in_second_epoch
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    assert read_checkpoint(interrupted.run.last)["epoch"] == 0
+
+    resumed = small_trainer(tmp_path / "resumed", method, dataset, backbone)
+    assert resumed.resume() and resumed.start_epoch == 1
+    resumed.fit()
+
+    a = read_checkpoint(straight.run.last)
+    b = read_checkpoint(resumed.run.last)
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+    lines = (resumed.run.metrics).read_text().splitlines()
+    assert len(lines) == 2
+
+
+def test_training_writes_metrics_plots_and_best_checkpoint(tmp_path: Path) -> None:
+    trainer = small_trainer(tmp_path / "run", "protonet", "omniglot", "convnet4")
+    model = trainer.fit()
+    run = trainer.run.path
+    assert (run / "curves.png").stat().st_size > 1000
+    assert (run / "train.log").read_text().count("epoch") >= 2
+    history = read_checkpoint(trainer.run.last)["history"]
+    best = read_checkpoint(trainer.run.best)
+    assert best["best_val"] == max(h["val_acc"] for h in history)
+    assert not model.training
+    assert np.isfinite([h["train_loss"] for h in history]).all()
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_export_parity_per_method(method: str, omniglot_train, tmp_path: Path) -> None:
+    from distilshot.export.bundle import write_bundle
+    from distilshot.export.parity import check_parity
+
+    cfg = preset_config(method, "omniglot", "quick")
+    spec = model_spec(cfg, omniglot_train.num_classes)
+    model = spec.build(seed=0).train()
+    episode = next(iter(EpisodeSampler(omniglot_train.labels, 10, 3, 2, 1, seed=0)))
+    batch = BatchMaker(omniglot_train, spec, "none", torch.device("cpu"))(
+        episode.indices, torch.Generator().manual_seed(0), n_way=10, k_shot=3, n_query=2
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(5):  # moves the BatchNorm statistics away from their initial values
+        optimizer.zero_grad()
+        model.loss(batch).loss.backward()
+        optimizer.step()
+    bundle, manifest = write_bundle(model.eval(), spec, tmp_path / "bundle")
+    assert manifest.head.metric == model.head()["metric"]
+    report = check_parity(model, spec, bundle, load_split("omniglot", "test"), episodes=30)
+    assert report.identical and max(report.max_abs_diff.values()) < 1e-4, report
