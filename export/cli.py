@@ -8,6 +8,23 @@ from typing import Annotated
 
 import typer
 
+from distilshot.train.cli import (
+    BackboneOpt,
+    DatasetOpt,
+    DeviceOpt,
+    EpochsOpt,
+    ImageSizeOpt,
+    JsonOpt,
+    LrOpt,
+    MethodOpt,
+    ParamsOpt,
+    PresetOpt,
+    RunDirOpt,
+    SeedOpt,
+    StepsOpt,
+    config_from_options,
+)
+
 app = typer.Typer(add_completion=False)
 
 
@@ -41,7 +58,7 @@ def export(
     out: Annotated[Path | None, typer.Option(help="bundle folder (default: <run>/bundle)")] = None,
     parity_episodes: Annotated[int, typer.Option(help="episodes of the parity check")] = 50,
     overwrite: Annotated[bool, typer.Option(help="replace an existing bundle folder")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    json_output: JsonOpt = False,
 ) -> None:
     """Export a checkpoint to a bundle (ONNX embedder + manifest.json) and check parity on real images."""
     from distilshot.export.pipeline import export_checkpoint
@@ -51,39 +68,35 @@ def export(
 
 @app.command(name="train-export")
 def train_export(
-    method: Annotated[str, typer.Option(help="pretrain | protonet")] = "pretrain",
-    dataset: Annotated[
-        str, typer.Option(help="omniglot | omniglot-vinyals | cifar-fs | fc100 | mini-imagenet | folder:PATH")
-    ] = "omniglot",
-    backbone: Annotated[str, typer.Option(help="convnet4 | resnet12")] = "convnet4",
-    preset: Annotated[str, typer.Option(help="quick | paper")] = "quick",
-    epochs: Annotated[int | None, typer.Option(help="override the preset's epochs")] = None,
-    steps_per_epoch: Annotated[int | None, typer.Option(help="override episodes/batches per epoch")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
+    method: MethodOpt = "pretrain",
+    dataset: DatasetOpt = "omniglot",
+    backbone: BackboneOpt = "convnet4",
+    preset: PresetOpt = "quick",
+    epochs: EpochsOpt = None,
+    steps_per_epoch: StepsOpt = None,
+    lr: LrOpt = None,
+    image_size: ImageSizeOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    params: ParamsOpt = None,
     episodes: Annotated[int, typer.Option(help="evaluation episodes per setting")] = 1000,
     classifier: Annotated[str, typer.Option(help="prototype | logreg | both")] = "prototype",
-    run_dir: Annotated[
-        Path | None, typer.Option(help="run folder (default runs/<time>-<method>-...)")
-    ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    run_dir: RunDirOpt = None,
+    json_output: JsonOpt = False,
 ) -> None:
     """Train, evaluate on the held-out classes, export a bundle and check it against PyTorch."""
     from distilshot.export.pipeline import export_model
     from distilshot.serve.manifest import sha256_file
     from distilshot.train.pipeline import default_run_dir, evaluate, train
-    from distilshot.train.presets import preset_config
     from distilshot.train.report import save_results
 
-    cfg = preset_config(
-        method, dataset, preset, backbone=backbone, epochs=epochs, steps_per_epoch=steps_per_epoch, seed=seed
+    cfg = config_from_options(
+        method, dataset, backbone, preset, epochs, steps_per_epoch, lr, image_size, seed, device, params
     )
     outcome = train(cfg, run_dir or default_run_dir(cfg))
     classifiers = ("prototype", "logreg") if classifier == "both" else (classifier,)
     results = evaluate(
-        outcome.model,
-        outcome.spec,
-        classifiers=classifiers,
-        episodes=episodes,
+        outcome.model, outcome.spec, classifiers=classifiers, episodes=episodes,
         plots_dir=outcome.run.path / "plots",
     )
     save_results(outcome.run.path, results)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -14,33 +14,74 @@ MethodOpt = Annotated[str, typer.Option(help="pretrain | protonet")]
 DatasetOpt = Annotated[
     str, typer.Option(help="omniglot | omniglot-vinyals | cifar-fs | fc100 | mini-imagenet | folder:PATH")
 ]
+BackboneOpt = Annotated[str, typer.Option(help="convnet4 | resnet12")]
+PresetOpt = Annotated[str, typer.Option(help="quick (CPU minutes) | paper (published schedule)")]
+EpochsOpt = Annotated[int | None, typer.Option(help="override the preset's epochs")]
+StepsOpt = Annotated[int | None, typer.Option(help="override episodes/batches per epoch")]
+LrOpt = Annotated[float | None, typer.Option(help="override the learning rate")]
+ImageSizeOpt = Annotated[int | None, typer.Option(help="override the dataset's image size")]
+SeedOpt = Annotated[int, typer.Option(help="seed of initialisation, sampling and augmentation")]
+DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
+ParamsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="method parameter KEY=VALUE (JSON value), e.g. --set rotation_augment=true"),
+]
+RunDirOpt = Annotated[Path | None, typer.Option(help="run folder (default runs/<time>-<method>-...)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
+
+
+def parse_params(pairs: list[str] | None) -> dict[str, Any]:
+    """--set KEY=VALUE pairs -> {KEY: VALUE}, VALUE read as JSON where it parses, else as a string."""
+    params: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--set")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
+
+
+def config_from_options(
+    method: str, dataset: str, backbone: str, preset: str, epochs: int | None, steps_per_epoch: int | None,
+    lr: float | None, image_size: int | None, seed: int, device: str, params: list[str] | None,
+) -> Any:
+    """The TrainConfig the shared training options describe."""
+    from distilshot.train.presets import preset_config
+
+    cfg = preset_config(
+        method, dataset, preset, backbone=backbone, epochs=epochs, steps_per_epoch=steps_per_epoch, lr=lr,
+        image_size=image_size, seed=seed, device=device,
+    )
+    cfg.method_params.update(parse_params(params))
+    return cfg
 
 
 @app.command()
 def train(
     method: MethodOpt = "pretrain",
     dataset: DatasetOpt = "omniglot",
-    backbone: Annotated[str, typer.Option(help="convnet4 | resnet12")] = "convnet4",
-    preset: Annotated[str, typer.Option(help="quick (CPU minutes) | paper (published schedule)")] = "quick",
-    epochs: Annotated[int | None, typer.Option(help="override the preset's epochs")] = None,
-    steps_per_epoch: Annotated[int | None, typer.Option(help="override episodes/batches per epoch")] = None,
-    lr: Annotated[float | None, typer.Option(help="override the learning rate")] = None,
-    image_size: Annotated[int | None, typer.Option(help="override the dataset's image size")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
-    run_dir: Annotated[
-        Path | None, typer.Option(help="run folder (default runs/<time>-<method>-...)")
-    ] = None,
+    backbone: BackboneOpt = "convnet4",
+    preset: PresetOpt = "quick",
+    epochs: EpochsOpt = None,
+    steps_per_epoch: StepsOpt = None,
+    lr: LrOpt = None,
+    image_size: ImageSizeOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    params: ParamsOpt = None,
+    run_dir: RunDirOpt = None,
     resume: Annotated[
         Path | None, typer.Option(help="continue the run in this folder from its last checkpoint")
     ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
+    json_output: JsonOpt = False,
 ) -> None:
     """Train a few-shot embedding network; writes checkpoints, metrics and plots to a run folder."""
     from distilshot.train.config import TrainConfig
     from distilshot.train.pipeline import default_run_dir
     from distilshot.train.pipeline import train as run_training
-    from distilshot.train.presets import preset_config
 
     if resume is not None:
         config_file = resume / "config.json"
@@ -49,17 +90,8 @@ def train(
         cfg = TrainConfig.from_dict(json.loads(config_file.read_text()))
         folder = resume
     else:
-        cfg = preset_config(
-            method,
-            dataset,
-            preset,
-            backbone=backbone,
-            epochs=epochs,
-            steps_per_epoch=steps_per_epoch,
-            lr=lr,
-            image_size=image_size,
-            seed=seed,
-            device=device,
+        cfg = config_from_options(
+            method, dataset, backbone, preset, epochs, steps_per_epoch, lr, image_size, seed, device, params
         )
         folder = run_dir or default_run_dir(cfg)
     outcome = run_training(cfg, folder, resume=resume is not None)
@@ -80,7 +112,7 @@ def evaluate(
     way: Annotated[list[int] | None, typer.Option(help="N of N-way K-shot (repeat with --shot)")] = None,
     shot: Annotated[list[int] | None, typer.Option(help="K of N-way K-shot")] = None,
     seed: Annotated[int, typer.Option()] = 0,
-    json_output: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    json_output: JsonOpt = False,
 ) -> None:
     """Evaluate a checkpoint: N-way K-shot episodes, mean accuracy ± 95% CI, protocol named."""
     from distilshot.train.checkpoint import load_model

@@ -1,0 +1,42 @@
+"""The root command: lazy stage dispatch, option parsing shared by train and train-export, and user
+errors reported on one line with exit status 2."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+
+from distilshot.train.cli import config_from_options, parse_params
+
+DISTILSHOT = str(Path(sys.executable).with_name("distilshot"))
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([DISTILSHOT, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_every_stage_command() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("train", "eval", "export", "train-export", "register", "classify", "classes", "remove"):
+        assert command in result.stdout
+
+
+def test_unknown_choices_are_user_errors() -> None:
+    for args, message in [(["train", "--method", "maml"], "unknown method 'maml'"),
+                          (["train", "--preset", "huge"], "unknown preset 'huge'"),
+                          (["train", "--dataset", "imagenet-21k"], "unknown dataset 'imagenet-21k'")]:
+        result = run(*args)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_set_parses_json_values_into_method_params() -> None:
+    assert parse_params(["rotation_augment=true", "alpha=2.5", "name=abc", "ways=[1, 2]"]) == {
+        "rotation_augment": True, "alpha": 2.5, "name": "abc", "ways": [1, 2]}
+    with pytest.raises(typer.BadParameter):
+        parse_params(["no-equals-sign"])
+    cfg = config_from_options("pretrain", "omniglot", "convnet4", "quick", 3, None, None, None, 1, "cpu",
+                              ["rotation_augment=true"])
+    assert cfg.method_params == {"rotation_augment": True} and cfg.epochs == 3 and cfg.seed == 1
