@@ -22,7 +22,9 @@ from distilshot.train.cli import (
     RunDirOpt,
     SeedOpt,
     StepsOpt,
-    config_from_options,
+    TeacherBackboneOpt,
+    TeacherOpt,
+    request_from_options,
 )
 
 app = typer.Typer(add_completion=False)
@@ -79,6 +81,8 @@ def train_export(
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     params: ParamsOpt = None,
+    teacher_backbone: TeacherBackboneOpt = None,
+    teacher: TeacherOpt = None,
     episodes: Annotated[int, typer.Option(help="evaluation episodes per setting")] = 1000,
     classifier: Annotated[str, typer.Option(help="prototype | logreg | both")] = "prototype",
     run_dir: RunDirOpt = None,
@@ -90,18 +94,34 @@ def train_export(
     from distilshot.train.pipeline import default_run_dir, evaluate, train
     from distilshot.train.report import save_results
 
-    cfg = config_from_options(
-        method, dataset, backbone, preset, epochs, steps_per_epoch, lr, image_size, seed, device, params
+    request = request_from_options(
+        method,
+        dataset,
+        backbone,
+        preset,
+        epochs,
+        steps_per_epoch,
+        lr,
+        image_size,
+        seed,
+        device,
+        params,
+        teacher_backbone,
+        teacher,
     )
-    outcome = train(cfg, run_dir or default_run_dir(cfg))
+    outcome = train(request, run_dir or default_run_dir(request))
     classifiers = ("prototype", "logreg") if classifier == "both" else (classifier,)
     results = evaluate(
-        outcome.model, outcome.spec, classifiers=classifiers, episodes=episodes,
+        outcome.model,
+        outcome.spec,
+        classifiers=classifiers,
+        episodes=episodes,
         plots_dir=outcome.run.path / "plots",
     )
     save_results(outcome.run.path, results)
     training = {
-        "config": cfg.to_dict(),
+        "request": request.to_dict(),
+        "stages": {s.name: s.method for s in outcome.stages},
         "seconds": round(outcome.seconds, 1),
         "checkpoint_sha256": sha256_file(outcome.run.best),
     }

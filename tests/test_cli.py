@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from distilshot.train.cli import config_from_options, parse_params
+from distilshot.train.cli import parse_params, request_from_options
 
 DISTILSHOT = str(Path(sys.executable).with_name("distilshot"))
 
@@ -25,18 +25,26 @@ def test_help_lists_every_stage_command() -> None:
 
 
 def test_unknown_choices_are_user_errors() -> None:
-    for args, message in [(["train", "--method", "maml"], "unknown method 'maml'"),
-                          (["train", "--preset", "huge"], "unknown preset 'huge'"),
-                          (["train", "--dataset", "imagenet-21k"], "unknown dataset 'imagenet-21k'")]:
+    for args, message in [
+        (["train", "--method", "maml"], "unknown method 'maml'"),
+        (["train", "--preset", "huge"], "unknown preset 'huge'"),
+        (["train", "--dataset", "imagenet-21k"], "unknown dataset 'imagenet-21k'"),
+    ]:
         result = run(*args)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_set_parses_json_values_into_method_params() -> None:
     assert parse_params(["rotation_augment=true", "alpha=2.5", "name=abc", "ways=[1, 2]"]) == {
-        "rotation_augment": True, "alpha": 2.5, "name": "abc", "ways": [1, 2]}
+        "rotation_augment": True,
+        "alpha": 2.5,
+        "name": "abc",
+        "ways": [1, 2],
+    }
     with pytest.raises(typer.BadParameter):
         parse_params(["no-equals-sign"])
-    cfg = config_from_options("pretrain", "omniglot", "convnet4", "quick", 3, None, None, None, 1, "cpu",
-                              ["rotation_augment=true"])
+    request = request_from_options(
+        "pretrain", "omniglot", "convnet4", "quick", 3, None, None, None, 1, "cpu", ["rotation_augment=true"]
+    )
+    cfg = request.stage_config(request.stages[0])
     assert cfg.method_params == {"rotation_augment": True} and cfg.epochs == 3 and cfg.seed == 1

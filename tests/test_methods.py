@@ -72,5 +72,5 @@ def test_unknown_method_and_parameter() -> None:
     backbone = identity_backbone(1, 2)
     with pytest.raises(ConfigError, match="unknown method"):
         build_method("maml", backbone, 2, {})
-    with pytest.raises(ConfigError, match="unknown parameters"):
+    with pytest.raises(ConfigError, match="has no parameters"):
         build_method("protonet", backbone, 2, {"temperature": 3})

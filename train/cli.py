@@ -44,19 +44,46 @@ def parse_params(pairs: list[str] | None) -> dict[str, Any]:
     return params
 
 
-def config_from_options(
-    method: str, dataset: str, backbone: str, preset: str, epochs: int | None, steps_per_epoch: int | None,
-    lr: float | None, image_size: int | None, seed: int, device: str, params: list[str] | None,
-) -> Any:
-    """The TrainConfig the shared training options describe."""
-    from distilshot.train.presets import preset_config
+TeacherBackboneOpt = Annotated[
+    str | None,
+    typer.Option(help="backbone of the teaching stage of a distillation method (default: --backbone)"),
+]
+TeacherOpt = Annotated[
+    Path | None, typer.Option(help="use this checkpoint as the teacher instead of training one")
+]
 
-    cfg = preset_config(
-        method, dataset, preset, backbone=backbone, epochs=epochs, steps_per_epoch=steps_per_epoch, lr=lr,
-        image_size=image_size, seed=seed, device=device,
+
+def request_from_options(
+    method: str,
+    dataset: str,
+    backbone: str,
+    preset: str,
+    epochs: int | None,
+    steps_per_epoch: int | None,
+    lr: float | None,
+    image_size: int | None,
+    seed: int,
+    device: str,
+    params: list[str] | None,
+    teacher_backbone: str | None = None,
+    teacher: Path | None = None,
+) -> Any:
+    """The TrainRequest the shared training options describe."""
+    from distilshot.train.recipes import TrainRequest
+
+    overrides = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "lr": lr, "image_size": image_size}
+    return TrainRequest(
+        method=method,
+        dataset=dataset,
+        backbone=backbone,
+        preset=preset,
+        seed=seed,
+        device=device,
+        overrides={k: v for k, v in overrides.items() if v is not None},
+        params=parse_params(params),
+        teacher_backbone=teacher_backbone,
+        teacher=None if teacher is None else str(teacher),
     )
-    cfg.method_params.update(parse_params(params))
-    return cfg
 
 
 @app.command()
@@ -72,6 +99,8 @@ def train(
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     params: ParamsOpt = None,
+    teacher_backbone: TeacherBackboneOpt = None,
+    teacher: TeacherOpt = None,
     run_dir: RunDirOpt = None,
     resume: Annotated[
         Path | None, typer.Option(help="continue the run in this folder from its last checkpoint")
@@ -79,25 +108,38 @@ def train(
     json_output: JsonOpt = False,
 ) -> None:
     """Train a few-shot embedding network; writes checkpoints, metrics and plots to a run folder."""
-    from distilshot.train.config import TrainConfig
     from distilshot.train.pipeline import default_run_dir
     from distilshot.train.pipeline import train as run_training
+    from distilshot.train.recipes import TrainRequest
 
     if resume is not None:
         config_file = resume / "config.json"
         if not config_file.is_file():
             raise typer.BadParameter(f"{resume} is not a run folder (no config.json)", param_hint="--resume")
-        cfg = TrainConfig.from_dict(json.loads(config_file.read_text()))
+        request = TrainRequest.from_dict(json.loads(config_file.read_text()))
         folder = resume
     else:
-        cfg = config_from_options(
-            method, dataset, backbone, preset, epochs, steps_per_epoch, lr, image_size, seed, device, params
+        request = request_from_options(
+            method,
+            dataset,
+            backbone,
+            preset,
+            epochs,
+            steps_per_epoch,
+            lr,
+            image_size,
+            seed,
+            device,
+            params,
+            teacher_backbone,
+            teacher,
         )
-        folder = run_dir or default_run_dir(cfg)
-    outcome = run_training(cfg, folder, resume=resume is not None)
+        folder = run_dir or default_run_dir(request)
+    outcome = run_training(request, folder, resume=resume is not None)
     summary = {
         "run": str(outcome.run.path),
         "checkpoint": str(outcome.run.best),
+        "stages": {s.name: str(s.checkpoint) for s in outcome.stages},
         "seconds": round(outcome.seconds, 1),
     }
     typer.echo(json.dumps(summary) if json_output else f"best checkpoint: {outcome.run.best}")

@@ -4,6 +4,7 @@ folder, and evaluate a trained model under the standard protocol of its dataset.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,13 +12,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distilshot.errors import ConfigError
 from distilshot.train.augment import Augmenter
-from distilshot.train.checkpoint import ModelSpec
+from distilshot.train.checkpoint import ModelSpec, load_model
 from distilshot.train.config import TrainConfig
 from distilshot.train.data.registry import dataset_info, load_split
 from distilshot.train.evaluation import EvalResult, augmented_views, evaluate_episodes, extract_features
 from distilshot.train.methods import Method
 from distilshot.train.plots import plot_confusion, plot_embedding
+from distilshot.train.recipes import Stage, TrainRequest
 from distilshot.train.trainer import RunFolder, Trainer, resolve_device
 
 # (n_way, k_shot) settings reported for each benchmark
@@ -33,18 +36,30 @@ def standard_settings(dataset: str) -> tuple[tuple[int, int], ...]:
 
 
 @dataclass
+class StageOutcome:
+    name: str
+    method: str
+    checkpoint: Path  # the stage's best checkpoint
+    seconds: float  # training time spent in this call (0 when it was complete already)
+
+
+@dataclass
 class TrainOutcome:
-    model: Method
+    model: Method  # the final stage's best model
     spec: ModelSpec
-    run: RunFolder
-    config: TrainConfig
-    seconds: float
+    run: RunFolder  # the run folder; run.best is the final model
+    request: TrainRequest
+    stages: list[StageOutcome]
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.stages)
 
 
-def default_run_dir(cfg: TrainConfig, root: Path = Path("runs")) -> Path:
+def default_run_dir(request: TrainRequest, root: Path = Path("runs")) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = cfg.dataset.replace("folder:", "folder-").replace("/", "_")
-    return root / f"{stamp}-{cfg.method}-{name}-{cfg.backbone}-{cfg.preset}"
+    name = request.dataset.replace("folder:", "folder-").replace("/", "_")
+    return root / f"{stamp}-{request.method}-{name}-{request.backbone}-{request.preset}"
 
 
 def model_spec(cfg: TrainConfig, num_classes: int) -> ModelSpec:
@@ -62,22 +77,61 @@ def model_spec(cfg: TrainConfig, num_classes: int) -> ModelSpec:
     )
 
 
-def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> TrainOutcome:
-    """Trains in `run_dir`; with `resume`, continues from its last checkpoint."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+def train(request: TrainRequest, run_dir: Path, resume: bool = False) -> TrainOutcome:
+    """Runs every stage of the request's method in `run_dir`; with `resume`, completed stages are kept
+    and the interrupted one continues from its last checkpoint."""
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.json"
+    if config_file.exists() and not resume:
+        raise ConfigError(
+            f"{run_dir} already holds a run; continue it with --resume or use another --run-dir"
+        )
+    run = RunFolder(run_dir)
+    config_file.write_text(json.dumps(request.to_dict(), indent=2) + "\n")
+    single = len(request.stages) == 1
+    best = {name: Path(request.teacher) for name in request.skipped_stages() if request.teacher}
+    outcomes = []
+    for stage in request.stages:
+        if stage.name in best:
+            continue
+        folder = run_dir if single else run_dir / stage.name
+        start = time.perf_counter()
+        model, spec = _train_stage(request.stage_config(stage), stage, folder, best, resume)
+        best[stage.name] = RunFolder(folder).best
+        outcomes.append(StageOutcome(stage.name, stage.method, best[stage.name], time.perf_counter() - start))
+    if not single:
+        shutil.copyfile(best[request.stages[-1].name], run.best)
+    return TrainOutcome(model, spec, run, request, outcomes)
+
+
+def start_from(model: Method, source: Method, name: str) -> None:
+    """Copies `source`'s weights into `model` where names and shapes agree. The whole backbone must
+    come across; heads the source lacks keep their fresh initialisation, heads it has extra are dropped."""
+    target = model.state_dict()
+    shared = {k: v for k, v in source.state_dict().items() if k in target and target[k].shape == v.shape}
+    missing = [k for k in target if k.startswith("backbone.") and k not in shared]
+    if missing:
+        raise ConfigError(f"cannot start {model.name} from {name}: its backbone differs (e.g. {missing[0]})")
+    model.load_state_dict(shared, strict=False)
+
+
+def _train_stage(
+    cfg: TrainConfig, stage: Stage, folder: Path, best: dict[str, Path], resume: bool
+) -> tuple[Method, ModelSpec]:
     train_set = load_split(cfg.dataset, cfg.train_split, cfg.image_size)
     if cfg.rotated_classes:
         train_set = train_set.with_rotated_classes()
     val_set = load_split(cfg.dataset, "val", cfg.image_size)
     spec = model_spec(cfg, train_set.num_classes)
-    run = RunFolder(run_dir)
-    (run.path / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    trainer = Trainer(spec.build(cfg.seed), spec, cfg, train_set, val_set, run)
+    model = spec.build(cfg.seed)
+    if stage.init:
+        start_from(model, load_model(best[stage.init])[0], str(best[stage.init]))
+    if stage.teacher:
+        model.set_teacher(load_model(best[stage.teacher])[0])
+    trainer = Trainer(model, spec, cfg, train_set, val_set, RunFolder(folder))
     if resume:
         trainer.resume()
-    start = time.perf_counter()
-    model = trainer.fit()
-    return TrainOutcome(model, spec, run, cfg, time.perf_counter() - start)
+    return trainer.fit(), spec
 
 
 def evaluate(

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distilshot.errors import ConfigError
 from distilshot.train.backbones import Backbone
 
 
@@ -48,13 +47,34 @@ class Method(nn.Module):
     name: ClassVar[str]
     sampling: ClassVar[str]  # "batches" (shuffled labelled batches) or "episodes"
     output_names: ClassVar[tuple[str, ...]] = ("embedding",)
+    needs_teacher: ClassVar[bool] = False
 
-    def __init__(self, backbone: Backbone, num_classes: int, **params: Any) -> None:
+    def __init__(self, backbone: Backbone, num_classes: int) -> None:
         super().__init__()
-        if params:
-            raise ConfigError(f"{self.name} got unknown parameters {sorted(params)}")
         self.backbone = backbone
         self.num_classes = num_classes
+        self.progress = 0.0  # fraction of training done, for losses with schedules
+        self.teacher: Method | None = None
+
+    def set_teacher(self, teacher: Method) -> None:
+        """Attaches a frozen teacher. It is kept out of the module tree, so it is neither saved with the
+        student, nor trained, nor switched to train mode; it follows the student across devices."""
+        teacher.eval().requires_grad_(False)
+        self.check_teacher(teacher)
+        self.__dict__["teacher"] = teacher
+
+    def check_teacher(self, teacher: Method) -> None:
+        """Raises ConfigError if `teacher` cannot teach this method."""
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Method:
+        super()._apply(fn, recurse)
+        if self.teacher is not None:
+            self.teacher._apply(fn, recurse)
+        return self
+
+    def set_progress(self, epoch: int, epochs: int) -> None:
+        """Called by the trainer before each epoch (0-based) of `epochs`."""
+        self.progress = epoch / max(epochs, 1)
 
     def loss(self, batch: Batch) -> LossOutput:
         raise NotImplementedError
