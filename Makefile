@@ -17,7 +17,7 @@ ifneq ($(wildcard ../shared/data),)
 export DISTILSHOT_DATA ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install train-export test lint clean
+.PHONY: install train-export test lint bench clean
 
 install: $(STAMP)
 
@@ -33,6 +33,11 @@ train-export: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
+
+# Engine and serving benchmarks -> bench/results.md and bench/results.json (BENCH_ARGS=--quick for a short check)
+BENCH_ARGS ?=
+bench: install
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,0 +1,153 @@
+"""`make bench`: runs every benchmark section and writes bench/results.md and bench/results.json.
+
+A section is a module `bench/bench_<name>.py` exposing `run(quick: bool) -> dict` that returns
+{"title": str, "markdown": str (a table, plus any notes), "data": {...} (JSON-serialisable)}.
+Sections run one after another in one process, in the order of ORDER and then alphabetically for any
+other bench_*.py found, so ratios inside a section are measured side by side on the same machine state.
+
+    python bench/run.py                 # all sections, full size
+    python bench/run.py --quick         # all sections, short runs (to check the code, not for numbers)
+    python bench/run.py --only engines,head
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+# Sections in this order first; any other bench_*.py runs after them, alphabetically.
+ORDER = ("engines", "head", "training", "http")
+
+
+def section_names() -> list[str]:
+    found = sorted(p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py"))
+    return [n for n in ORDER if n in found] + [n for n in found if n not in ORDER]
+
+
+def load_section(name: str) -> ModuleType:
+    path = HERE / f"bench_{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, Any]:
+    """What the absolute numbers were measured on."""
+    versions = {}
+    for package in ("numpy", "torch", "onnxruntime", "openvino"):
+        try:
+            versions[package] = importlib.import_module(package).__version__
+        except Exception:  # not installed, or broken: the report says so instead of failing
+            versions[package] = None
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "python": platform.python_version(),
+        "os": platform.platform(),
+        "versions": versions,
+    }
+
+
+def check_section(name: str, result: Any) -> dict[str, Any]:
+    if not isinstance(result, dict) or not {"title", "markdown", "data"} <= set(result):
+        raise TypeError(f"bench_{name}.run() must return a dict with title, markdown and data")
+    json.dumps(result["data"])  # fail here, not after every section has run
+    return result
+
+
+def render(meta: dict[str, Any], sections: dict[str, dict[str, Any]]) -> str:
+    m = meta["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+    lines = [
+        "# distilshot benchmarks",
+        "",
+        f"Measured {meta['date']} on {m['cpu']}, {m['cores_usable']} cores usable ({m['os']}; "
+        f"Python {m['python']}; {versions}). Command: `{meta['command']}`"
+        + (" (quick: short runs, numbers not representative)" if meta["quick"] else "")
+        + f"; {meta['seconds']:.0f} s in total.",
+        "",
+        "Ratios between engines are measured side by side in one run and are the headline; absolute times "
+        "belong to this machine.",
+        "",
+    ]
+    for name, section in sections.items():
+        lines += [f"## {section['title']}", "", section["markdown"].rstrip(), ""]
+        if "error" in section:
+            lines += [f"_section `{name}` failed: {section['error']}_", ""]
+    return "\n".join(lines)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="short runs, to check that the code works")
+    parser.add_argument("--only", default="", help="comma-separated section names (default: all)")
+    parser.add_argument("--out", type=Path, default=HERE, help="folder for results.md and results.json")
+    args = parser.parse_args(argv)
+    available = section_names()
+    chosen = [n.strip() for n in args.only.split(",") if n.strip()] or available
+    unknown = sorted(set(chosen) - set(available))
+    if unknown:
+        parser.error(f"no section {unknown}; found {available}")
+    start = time.perf_counter()
+    sections: dict[str, dict[str, Any]] = {}
+    failed = []
+    for name in chosen:
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        try:
+            sections[name] = check_section(name, load_section(name).run(quick=args.quick))
+        except Exception as error:  # one broken section must not lose the others' results
+            traceback.print_exc()
+            failed.append(name)
+            sections[name] = {"title": name, "markdown": "", "data": {}, "error": repr(error)}
+        sections[name]["seconds"] = round(time.perf_counter() - t0, 1)
+        print(f"[bench] {name} done in {sections[name]['seconds']} s", file=sys.stderr, flush=True)
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "command": "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "quick": args.quick,
+        "seconds": time.perf_counter() - start,
+        "machine": machine(),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_atomic(args.out / "results.json", json.dumps({**meta, "sections": sections}, indent=2) + "\n")
+    write_atomic(args.out / "results.md", render(meta, sections))
+    print(f"[bench] wrote {args.out / 'results.md'} and results.json", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
