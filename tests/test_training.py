@@ -136,3 +136,17 @@ def test_export_parity_per_method(method: str, omniglot_train, tmp_path: Path) -
     assert manifest.head.metric == model.head()["metric"]
     report = check_parity(model, spec, bundle, load_split("omniglot", "test"), episodes=30)
     assert report.identical and max(report.max_abs_diff.values()) < 1e-4, report
+
+
+def test_evaluation_can_restrict_a_model_to_some_outputs(omniglot_train) -> None:
+    from distilshot.errors import ConfigError
+    from distilshot.train.pipeline import evaluate
+
+    cfg = preset_config("protonet", "omniglot", "quick")
+    spec = model_spec(cfg, omniglot_train.num_classes)
+    model = spec.build(seed=0)
+    (full,) = evaluate(model, spec, settings=((5, 1),), episodes=20)
+    (same,) = evaluate(model, spec, settings=((5, 1),), episodes=20, outputs=("embedding",))
+    assert same.mean == full.mean and same.classifier.endswith("[embedding]")
+    with pytest.raises(ConfigError, match="no outputs"):
+        evaluate(model, spec, settings=((5, 1),), episodes=20, outputs=("local",))

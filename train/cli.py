@@ -154,6 +154,10 @@ def evaluate(
     way: Annotated[list[int] | None, typer.Option(help="N of N-way K-shot (repeat with --shot)")] = None,
     shot: Annotated[list[int] | None, typer.Option(help="K of N-way K-shot")] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    outputs: Annotated[
+        str | None,
+        typer.Option(help="evaluate only these embedding outputs, comma-separated (e.g. one BML view)"),
+    ] = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Evaluate a checkpoint: N-way K-shot episodes, mean accuracy ± 95% CI, protocol named."""
@@ -174,6 +178,7 @@ def evaluate(
         classifiers=classifiers,
         episodes=episodes,
         seed=seed,
+        outputs=tuple(outputs.split(",")) if outputs else None,
         plots_dir=run_folder_of(checkpoint) / "plots",
     )
     save_results(run_folder_of(checkpoint), results)

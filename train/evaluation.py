@@ -84,9 +84,10 @@ def augmented_views(
     seed: int,
     device: torch.device | str = "cpu",
     batch_size: int = 500,
+    outputs: Sequence[str] | None = None,
 ) -> torch.Tensor:
-    """RFS support tiling: the concatenated embedding of `views` augmented copies of every image,
-    [views, N, D], from a fixed generator."""
+    """RFS support tiling: the concatenated embedding (of `outputs`, default all) of `views` augmented
+    copies of every image, [views, N, D], from a fixed generator."""
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     out = []
@@ -95,7 +96,8 @@ def augmented_views(
         for start in range(0, len(images), batch_size):
             x = augmenter(to_float(images[start : start + batch_size]), generator)
             embedded = model.embed(normalize(x.to(device), mean, std))
-            parts.append(torch.cat([embedded[k].float().cpu() for k in sorted(embedded)], dim=1))
+            names = sorted(outputs or embedded)
+            parts.append(torch.cat([embedded[k].float().cpu() for k in names], dim=1))
         out.append(torch.cat(parts))
     return torch.stack(out)
 
@@ -125,6 +127,7 @@ def evaluate_episodes(
     head: dict[str, Any] | None = None,
     support_views: torch.Tensor | None = None,
     seed: int = 0,
+    view: str = "",
 ) -> EvalResult:
     """Accuracy over `episodes` seeded episodes. `head` is needed for the prototype classifier;
     `support_views` (from `augmented_views`) replaces the support features of the logreg classifier."""
@@ -158,4 +161,6 @@ def evaluate_episodes(
     name = f"prototype/{head['metric']}" if classifier == "prototype" and head else classifier
     if support_views is not None and classifier == "logreg":
         name += f" (support x{support_views.shape[0]} augmented)"
+    if view:
+        name += f" [{view}]"
     return EvalResult(split, n_way, k_shot, n_query, episodes, name, float(accuracy.mean()), float(ci95))

@@ -20,6 +20,7 @@ from distilshot.train.data.registry import dataset_info, load_split
 from distilshot.train.evaluation import EvalResult, augmented_views, evaluate_episodes, extract_features
 from distilshot.train.methods import Method
 from distilshot.train.plots import plot_confusion, plot_embedding
+from distilshot.train.presets import dataset_augmentation
 from distilshot.train.recipes import Stage, TrainRequest
 from distilshot.train.trainer import RunFolder, Trainer, resolve_device
 
@@ -144,16 +145,27 @@ def evaluate(
     n_query: int = 15,
     seed: int = 0,
     support_augment: int = 5,
+    outputs: tuple[str, ...] | None = None,
     plots_dir: Path | None = None,
 ) -> list[EvalResult]:
     """The standard protocol on a held-out split. For logreg on datasets trained with augmentation,
-    each support image is tiled `support_augment` times through that augmentation (RFS)."""
+    each support image is tiled `support_augment` times through that augmentation (RFS). `outputs`
+    restricts a multi-output model (e.g. BML's two views) to some of its embeddings."""
     device = resolve_device()
     model = model.to(device).eval()
+    head = model.head()
+    if outputs:
+        unknown = set(outputs) - set(model.output_names)
+        if unknown:
+            raise ConfigError(
+                f"{spec.method} has no outputs {sorted(unknown)}; it has {list(model.output_names)}"
+            )
+        head = {**head, "weights": {k: w for k, w in head["weights"].items() if k in outputs}}
     data = load_split(spec.dataset, split, spec.image_size)
     features = extract_features(model, data.images, spec.mean, spec.std, device)
+    features = {k: v for k, v in features.items() if not outputs or k in outputs}
     views = None
-    augment = "standard" if dataset_info(spec.dataset, spec.image_size).channels == 3 else "none"
+    augment = dataset_augmentation(spec.dataset)
     if "logreg" in classifiers and support_augment > 0 and augment == "standard":
         views = augmented_views(
             model,
@@ -164,6 +176,7 @@ def evaluate(
             support_augment,
             seed,
             device,
+            outputs=outputs,
         )
     results = []
     for classifier in classifiers:
@@ -178,9 +191,10 @@ def evaluate(
                     n_query=n_query,
                     episodes=episodes,
                     classifier=classifier,
-                    head=model.head(),
+                    head=head,
                     support_views=views if classifier == "logreg" else None,
                     seed=seed,
+                    view=",".join(outputs) if outputs else "",
                 )
             )
     if plots_dir is not None:

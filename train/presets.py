@@ -79,6 +79,12 @@ _METHOD_DATASET: dict[tuple[str, str, str], dict[str, Any]] = {
 }
 
 
+def dataset_augmentation(dataset: str) -> str:
+    """The training augmentation a dataset uses ("none" or "standard")."""
+    family = "folder" if dataset.startswith("folder:") else dataset
+    return _DATASET.get(family, {}).get("augment", "standard")
+
+
 def preset_config(method: str, dataset: str, preset: str, **overrides: Any) -> TrainConfig:
     """The config for a method on a dataset under a preset, then explicit overrides (None = keep)."""
     if preset not in PRESETS:
