@@ -17,7 +17,7 @@ ifneq ($(wildcard ../shared/data),)
 export DISTILSHOT_DATA ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install train-export test lint bench clean
+.PHONY: install train-export test lint bench results clean
 
 install: $(STAMP)
 
@@ -38,6 +38,10 @@ test: install
 BENCH_ARGS ?=
 bench: install
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# Every method (quick preset) on Omniglot and CIFAR-FS -> reproduce/results.md (hours on 2 CPU cores; resumable)
+results: install
+	$(BIN)/python reproduce/run.py
 
 lint: install
 	$(BIN)/ruff check .
