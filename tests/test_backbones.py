@@ -14,6 +14,9 @@ from distilshot.train.backbones.resnet12 import DropBlock
         ("convnet4", 3, 84, 1600),
         ("resnet12", 3, 32, 640),
         ("resnet12", 1, 28, 640),
+        ("mobilenet-1.0", 3, 32, 1024),
+        ("mobilenet-0.5", 3, 84, 512),
+        ("mobilenet-0.25", 1, 28, 256),
     ],
 )
 def test_embedding_dimensions(name: str, channels: int, size: int, dim: int) -> None:

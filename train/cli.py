@@ -14,7 +14,7 @@ MethodOpt = Annotated[str, typer.Option(help="pretrain | protonet")]
 DatasetOpt = Annotated[
     str, typer.Option(help="omniglot | omniglot-vinyals | cifar-fs | fc100 | mini-imagenet | folder:PATH")
 ]
-BackboneOpt = Annotated[str, typer.Option(help="convnet4 | resnet12")]
+BackboneOpt = Annotated[str, typer.Option(help="convnet4 | resnet12 | mobilenet-{1.0,0.75,0.5,0.25}")]
 PresetOpt = Annotated[str, typer.Option(help="quick (CPU minutes) | paper (published schedule)")]
 EpochsOpt = Annotated[int | None, typer.Option(help="override the preset's epochs")]
 StepsOpt = Annotated[int | None, typer.Option(help="override episodes/batches per epoch")]
