@@ -27,7 +27,7 @@ from distilshot.train.data.imageset import ImageSet
 from distilshot.train.evaluation import evaluate_episodes, extract_features
 from distilshot.train.methods.base import Batch, Method
 from distilshot.train.plots import plot_curves
-from distilshot.train.samplers import EpisodeSampler, RandomBatchSampler
+from distilshot.train.samplers import ClassBalancedBatchSampler, EpisodeSampler, RandomBatchSampler
 
 log = logging.getLogger("distilshot.train")
 
@@ -132,6 +132,10 @@ class Trainer:
             self.sampler: EpisodeSampler | RandomBatchSampler = EpisodeSampler(
                 train_set.labels, cfg.n_way, cfg.k_shot, cfg.n_query, cfg.steps_per_epoch, cfg.seed
             )
+        elif model.sampling == "balanced":  # n_way classes x k_shot images: every image has same-class peers
+            self.sampler = ClassBalancedBatchSampler(
+                train_set.labels, cfg.n_way, cfg.k_shot, cfg.steps_per_epoch, cfg.seed
+            )
         else:
             self.sampler = RandomBatchSampler(
                 len(train_set.labels), cfg.batch_size, cfg.seed, cfg.steps_per_epoch or None
@@ -165,6 +169,7 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, progress: Progress) -> dict[str, float]:
         self.model.train()
+        self.model.set_progress(epoch, self.cfg.epochs)
         seed_everything(self.cfg.seed, epoch)
         generator = torch.Generator().manual_seed(
             int(np.random.SeedSequence([self.cfg.seed, epoch, 1]).generate_state(1)[0])

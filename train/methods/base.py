@@ -45,7 +45,9 @@ class LossOutput:
 
 class Method(nn.Module):
     name: ClassVar[str]
-    sampling: ClassVar[str]  # "batches" (shuffled labelled batches) or "episodes"
+    # "batches": shuffled labelled batches; "episodes": N-way K-shot Q-query episodes;
+    # "balanced": n_way classes x k_shot images, labelled, no support/query split
+    sampling: ClassVar[str]
     output_names: ClassVar[tuple[str, ...]] = ("embedding",)
     needs_teacher: ClassVar[bool] = False
 
