@@ -129,6 +129,8 @@ def _train_stage(
         start_from(model, load_model(best[stage.init])[0], str(best[stage.init]))
     if stage.teacher:
         model.set_teacher(load_model(best[stage.teacher])[0])
+    elif model.needs_teacher:
+        raise ConfigError(f"{stage.method} learns from a teacher, but stage {stage.name!r} names none")
     trainer = Trainer(model, spec, cfg, train_set, val_set, RunFolder(folder))
     if resume:
         trainer.resume()
