@@ -31,7 +31,7 @@ class TrainConfig:
     nesterov: bool = False
     schedule: str = "step"  # constant | step | cosine | poly
     milestones: list[int] = field(default_factory=list)  # epochs at which a step schedule decays
-    gamma: float = 0.1
+    gamma: float | list[float] = 0.1  # decay factor at every milestone, or one factor per milestone
     # data
     augment: str = "none"  # none | standard
     rotated_classes: bool = False  # train on every class at 0/90/180/270 degrees as four classes

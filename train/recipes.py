@@ -29,6 +29,7 @@ class Stage:
 RECIPES: dict[str, tuple[Stage, ...]] = {
     "pretrain": (Stage("pretrain", "pretrain"),),
     "protonet": (Stage("protonet", "protonet"),),
+    "bml": (Stage("bml", "bml"),),
 }
 
 

@@ -58,7 +58,12 @@ def build_optimizer(model: Method, cfg: TrainConfig, steps_total: int) -> tuple[
         factor = lambda step: 1.0  # noqa: E731
     elif cfg.schedule == "step":
         milestones = [m * steps_per_epoch for m in cfg.milestones]
-        factor = lambda step: cfg.gamma ** sum(step >= m for m in milestones)  # noqa: E731
+        gammas = cfg.gamma if isinstance(cfg.gamma, list) else [cfg.gamma] * len(milestones)
+        if len(gammas) != len(milestones):
+            raise ConfigError(
+                f"gamma lists {len(gammas)} factors for {len(milestones)} milestones; give one per milestone"
+            )
+        factor = lambda step: math.prod(g for g, m in zip(gammas, milestones, strict=True) if step >= m)  # noqa: E731
     elif cfg.schedule == "cosine":
         factor = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps_total) / steps_total))  # noqa: E731
     elif cfg.schedule == "poly":

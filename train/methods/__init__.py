@@ -9,10 +9,27 @@ from typing import Any
 from distilshot.errors import ConfigError
 from distilshot.train.backbones import Backbone
 from distilshot.train.methods.base import Method
+from distilshot.train.methods.bml import BML
+from distilshot.train.methods.grdd import GRDDGlobal, GRDDMeta
 from distilshot.train.methods.pretrain import Pretrain
 from distilshot.train.methods.protonet import ProtoNet
+from distilshot.train.methods.refilled import RefilledClassify, RefilledEmbed
+from distilshot.train.methods.skd import SKDGen0, SKDGen1
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Pretrain, ProtoNet)}
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls
+    for cls in (
+        Pretrain,
+        ProtoNet,
+        BML,
+        RefilledEmbed,
+        RefilledClassify,
+        SKDGen0,
+        SKDGen1,
+        GRDDGlobal,
+        GRDDMeta,
+    )
+}
 
 
 def method_params(name: str) -> tuple[str, ...]:
