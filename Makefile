@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 # What `make train-export` trains (override on the command line: make train-export METHOD=pretrain ...)
 METHOD ?= pretrain
@@ -17,18 +19,25 @@ ifneq ($(wildcard ../shared/data),)
 export DISTILSHOT_DATA ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install train-export test lint bench results clean
+.PHONY: install train-export test lint bench results clean demo
 
-install: $(STAMP)
+install: $(STAMP) $(CHROMIUM)
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "distilshot needs Python 3.11")'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[train,cpu,dev]'
+	$(BIN)/pip install --quiet -e '.[train,cpu,demo,dev]'
 	@touch $@
+
+# The demo's browser test drives Debian's chromium through Playwright (never `playwright install`).
+$(CHROMIUM):
+	$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium
 
 train-export: install
 	$(BIN)/distilshot train-export --method $(METHOD) --dataset $(DATASET) --backbone $(BACKBONE) --preset $(PRESET) $(ARGS)
+
+demo: install
+	$(BIN)/distilshot demo $(ARGS)
 
 test: install
 	$(BIN)/ruff check .
