@@ -2,15 +2,19 @@
 
 Every change is one transaction and every refusal raises StoreError before anything is written, so a
 refused call leaves the file as it was. A store holds embeddings of exactly one model (its fingerprint);
-opening it with another model's bundle is refused rather than mixing two embedding spaces.
+opening it with another model's bundle is refused unless the caller re-embeds every stored support image
+with the new model (`reembed`), which replaces all embeddings in one transaction: two embedding spaces are
+never mixed. `export_to` writes a self-contained copy; `import_from` merges such a copy into a store.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import tempfile
 import threading
 import unicodedata
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -71,6 +75,36 @@ class Shot:
     thumbnail: bytes
 
 
+@dataclass(frozen=True)
+class ShotInfo:
+    id: int
+    source: str
+    created: str
+
+
+class UnknownClassError(StoreError):
+    """The named class (or shot) is not in the store."""
+
+
+class DuplicateClassError(StoreError):
+    """A class of that name is already registered."""
+
+
+class ModelMismatchError(StoreError):
+    """The store's embeddings come from another model than the caller's."""
+
+
+class StoreBusyError(StoreError):
+    """Another writer held the store for longer than the lock timeout; retrying may succeed."""
+
+
+# Re-embeds stored support images with the caller's model: (source, PNG bytes) pairs in, one [N, dim]
+# float32 array per output out. Raises StoreError if it cannot do so faithfully.
+Reembedder = Callable[[Sequence[tuple[str, bytes]]], dict[str, np.ndarray]]
+REEMBED_CHUNK = 256  # stored images decoded and embedded at a time while re-embedding a whole store
+LOCK_TIMEOUT_S = 10
+
+
 def check_class_name(name: str) -> None:
     """Raises StoreError unless `name` is usable as a class name (and as a folder or file name later)."""
     if not isinstance(name, str) or not name.strip():
@@ -101,7 +135,9 @@ class SupportStore:
     have classes removed, but shots cannot be added. Safe to share between threads.
     """
 
-    def __init__(self, path: str | Path | None, fingerprint: str | None = None) -> None:
+    def __init__(
+        self, path: str | Path | None, fingerprint: str | None = None, reembed: Reembedder | None = None
+    ) -> None:
         self.path = None if path is None else Path(path)
         self._where = "in-memory store" if self.path is None else f"store {self.path}"
         self._lock = threading.RLock()
@@ -110,7 +146,7 @@ class SupportStore:
         self._conn = self._connect(fingerprint)
         self._model_checked = fingerprint is not None  # only then may embeddings be added
         try:
-            self.fingerprint = self._check_fingerprint(fingerprint)
+            self.fingerprint = self._check_fingerprint(fingerprint, reembed)
         except BaseException:
             self._conn.close()
             raise
@@ -140,7 +176,7 @@ class SupportStore:
                 ":memory:" if self.path is None else self.path,
                 isolation_level=None,  # we issue BEGIN/COMMIT ourselves
                 check_same_thread=False,  # guarded by self._lock
-                timeout=10,
+                timeout=LOCK_TIMEOUT_S,
             )
         except sqlite3.Error as error:
             raise StoreError(f"cannot open {self._where}: {error}") from None
@@ -151,6 +187,7 @@ class SupportStore:
             conn.execute("PRAGMA foreign_keys = ON")
             if self.path is not None:
                 conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = FULL")  # an acknowledged change survives power loss
             if new:
                 self._create(conn, str(fingerprint))
         except sqlite3.Error as error:
@@ -194,18 +231,52 @@ class SupportStore:
                 conn.execute("ROLLBACK")
             raise
 
-    def _check_fingerprint(self, fingerprint: str | None) -> str:
-        row = self._conn.execute("SELECT value FROM metadata WHERE key = 'fingerprint'").fetchone()
+    def _stored_fingerprint(self, conn: sqlite3.Connection) -> str:
+        row = conn.execute("SELECT value FROM metadata WHERE key = 'fingerprint'").fetchone()
         if row is None:
             raise StoreError(f"{self._where} has no model fingerprint; it is damaged")
-        stored = row[0]
-        if fingerprint is not None and stored != fingerprint:
-            raise StoreError(
+        return str(row[0])
+
+    def _check_fingerprint(self, fingerprint: str | None, reembed: Reembedder | None) -> str:
+        stored = self._stored_fingerprint(self._conn)
+        if fingerprint is None or stored == fingerprint:
+            return stored
+        if reembed is None:
+            shots = self._conn.execute("SELECT COUNT(*) FROM shots").fetchone()[0]
+            raise ModelMismatchError(
                 f"{self._where} holds embeddings of model {stored[:12]}…, but this bundle is model "
-                f"{fingerprint[:12]}…; embeddings of two models cannot be mixed. Use another store for "
-                "this bundle (a later distilshot version can re-embed the stored support images)"
+                f"{fingerprint[:12]}…; embeddings of two models are never mixed. Re-embed its {shots} "
+                "support images with this bundle (CLI: --reembed; Python: reembed=True), after which the "
+                "store belongs to this bundle, or use another store"
             )
-        return stored
+        self._reembed(stored, fingerprint, reembed)
+        return fingerprint
+
+    def _reembed(self, stored: str, fingerprint: str, reembed: Reembedder) -> None:
+        """Replaces every embedding and prototype with the new model's, and the fingerprint, in one
+        transaction (other writers wait, as they must: no change may land between the two models)."""
+        self.fingerprint = stored
+        with self._transaction(check_model=False) as conn:
+            if self._stored_fingerprint(conn) == fingerprint:
+                return  # another process re-embedded it while we waited for the lock
+            if self._stored_fingerprint(conn) != stored:
+                raise ModelMismatchError(f"{self._where} changed model while it was being opened; retry")
+            conn.execute("DELETE FROM embeddings")
+            conn.execute("DELETE FROM prototypes")
+            last = 0
+            while True:
+                rows = conn.execute(
+                    "SELECT id, source, thumbnail FROM shots WHERE id > ? ORDER BY id LIMIT ?",
+                    (last, REEMBED_CHUNK),
+                ).fetchall()
+                if not rows:
+                    break
+                vectors = reembed([(source, bytes(image)) for _, source, image in rows])
+                self._insert_embeddings(conn, [row[0] for row in rows], vectors)
+                last = rows[-1][0]
+            self._update_prototypes(conn, [r[0] for r in conn.execute("SELECT id FROM classes")])
+            conn.execute("UPDATE metadata SET value = ? WHERE key = 'fingerprint'", (fingerprint,))
+        self.fingerprint = fingerprint
 
     def close(self) -> None:
         with self._lock:
@@ -220,19 +291,37 @@ class SupportStore:
     # -- changes ------------------------------------------------------------------------------------
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, check_model: bool = True) -> Iterator[sqlite3.Connection]:
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
+                    if check_model:
+                        self._check_same_model(self._conn)
                     yield self._conn
                     self._conn.execute("COMMIT")
                 finally:
                     if self._conn.in_transaction:
                         self._conn.execute("ROLLBACK")
+            except sqlite3.OperationalError as error:
+                if "locked" in str(error) or "busy" in str(error):
+                    raise StoreBusyError(
+                        f"{self._where} stayed locked by another writer for {LOCK_TIMEOUT_S} s; "
+                        "nothing was changed; retry"
+                    ) from None
+                raise StoreError(f"{self._where}: {error}; nothing was changed") from None
             except sqlite3.Error as error:
                 raise StoreError(f"{self._where}: {error}; nothing was changed") from None
             self._generation += 1
+
+    def _check_same_model(self, conn: sqlite3.Connection) -> None:
+        """Another process may have re-embedded the store for another model since we opened it."""
+        stored = self._stored_fingerprint(conn)
+        if stored != self.fingerprint:
+            raise ModelMismatchError(
+                f"{self._where} was re-embedded for model {stored[:12]}… by another process; this "
+                f"process serves model {self.fingerprint[:12]}… and stops using the store: reopen it"
+            )
 
     def check_new(self, names: Sequence[str]) -> None:
         """Raises StoreError unless every name is valid and not registered yet (`register` checks again)."""
@@ -291,7 +380,7 @@ class SupportStore:
     def _refuse_existing(self, conn: sqlite3.Connection, names: Sequence[str]) -> None:
         for name in names:
             if conn.execute("SELECT 1 FROM classes WHERE name = ?", (name,)).fetchone():
-                raise StoreError(
+                raise DuplicateClassError(
                     f"class {name!r} is already registered; add images to it with add_shots "
                     "(CLI: register --add)"
                 )
@@ -299,7 +388,7 @@ class SupportStore:
     def _class_id(self, conn: sqlite3.Connection, name: str) -> int:
         row = conn.execute("SELECT id FROM classes WHERE name = ?", (name,)).fetchone()
         if row is None:
-            raise StoreError(f"there is no class {name!r} in the {self._where}")
+            raise UnknownClassError(f"there is no class {name!r} in the {self._where}")
         return int(row[0])
 
     def _check_shots(self, conn: sqlite3.Connection, shots: Sequence[Shot]) -> None:
@@ -320,37 +409,82 @@ class SupportStore:
                 raise StoreError(f"shot {shot.source!r} has NaN or infinite embedding values")
 
     def _insert_shots(self, conn: sqlite3.Connection, class_id: int, shots: Sequence[Shot], now: str) -> None:
-        for shot in shots:
-            shot_id = conn.execute(
+        ids = [
+            conn.execute(
                 "INSERT INTO shots (class_id, source, thumbnail, created) VALUES (?, ?, ?, ?)",
                 (class_id, shot.source, shot.thumbnail, now),
             ).lastrowid
+            for shot in shots
+        ]
+        vectors = {o: np.stack([shot.embeddings[o] for shot in shots]) for o in shots[0].embeddings}
+        self._insert_embeddings(conn, ids, vectors)
+        self._update_prototypes(conn, [class_id])
+
+    def _insert_embeddings(
+        self, conn: sqlite3.Connection, shot_ids: Sequence[int], vectors: Mapping[str, np.ndarray]
+    ) -> None:
+        for output, values in vectors.items():
+            values = np.asarray(values, dtype="<f4")
+            if values.ndim != 2 or len(values) != len(shot_ids) or not np.isfinite(values).all():
+                raise StoreError(
+                    f"embeddings for output {output!r} must be {len(shot_ids)} finite vectors, "
+                    f"got shape {list(values.shape)}"
+                )
             conn.executemany(
                 "INSERT INTO embeddings (shot_id, output, dim, vector) VALUES (?, ?, ?, ?)",
-                [
-                    (shot_id, k, len(v), np.asarray(v, dtype="<f4").tobytes())
-                    for k, v in shot.embeddings.items()
-                ],
+                [(i, output, values.shape[1], v.tobytes()) for i, v in zip(shot_ids, values, strict=True)],
             )
-        # The prototype is the mean over all of the class's shots, old and new.
-        rows = conn.execute(
-            "SELECT e.output, e.dim, e.vector FROM embeddings e JOIN shots s ON s.id = e.shot_id "
-            "WHERE s.class_id = ? ORDER BY e.output",
-            (class_id,),
-        ).fetchall()
-        by_output: dict[str, list[bytes]] = {}
-        for output, _dim, vector in rows:
-            by_output.setdefault(output, []).append(vector)
-        conn.executemany(
-            "INSERT OR REPLACE INTO prototypes (class_id, output, dim, vector) VALUES (?, ?, ?, ?)",
-            [
-                (class_id, output, mean.size, mean.astype("<f4").tobytes())
-                for output, vectors in by_output.items()
-                for mean in [class_mean(np.frombuffer(b"".join(vectors), "<f4").reshape(len(vectors), -1))]
-            ],
-        )
+
+    def _update_prototypes(self, conn: sqlite3.Connection, class_ids: Sequence[int]) -> None:
+        """A prototype is the mean over all of its class's current shots."""
+        for class_id in class_ids:
+            rows = conn.execute(
+                "SELECT e.output, e.vector FROM embeddings e JOIN shots s ON s.id = e.shot_id "
+                "WHERE s.class_id = ? ORDER BY e.output, s.id",
+                (class_id,),
+            ).fetchall()
+            by_output: dict[str, list[bytes]] = {}
+            for output, vector in rows:
+                by_output.setdefault(output, []).append(vector)
+            conn.execute("DELETE FROM prototypes WHERE class_id = ?", (class_id,))
+            for output, vectors in by_output.items():
+                mean = class_mean(np.frombuffer(b"".join(vectors), "<f4").reshape(len(vectors), -1))
+                conn.execute(
+                    "INSERT INTO prototypes (class_id, output, dim, vector) VALUES (?, ?, ?, ?)",
+                    (class_id, output, mean.size, mean.astype("<f4").tobytes()),
+                )
+
+    def remove_shot(self, name: str, shot_id: int) -> ClassInfo:
+        """Deletes one support shot of class `name`; its last shot cannot go (remove the class instead)."""
+        with self._transaction() as conn:
+            class_id = self._class_id(conn, name)
+            count, created = conn.execute(
+                "SELECT COUNT(*), c.created FROM shots s JOIN classes c ON c.id = s.class_id WHERE c.id = ?",
+                (class_id,),
+            ).fetchone()
+            if not conn.execute(
+                "SELECT 1 FROM shots WHERE id = ? AND class_id = ?", (shot_id, class_id)
+            ).fetchone():
+                raise UnknownClassError(f"class {name!r} has no shot {shot_id}")
+            if count == 1:
+                raise StoreError(
+                    f"shot {shot_id} is the only support image of class {name!r}; remove the class instead"
+                )
+            conn.execute("DELETE FROM shots WHERE id = ?", (shot_id,))
+            self._update_prototypes(conn, [class_id])
+        return ClassInfo(name, count - 1, created)
 
     # -- reading ------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: several SELECTs see one state even while other processes commit."""
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                yield self._conn
+            finally:
+                self._conn.execute("COMMIT")
 
     def classes(self) -> list[ClassInfo]:
         """Registered classes sorted by name."""
@@ -361,24 +495,65 @@ class SupportStore:
             ).fetchall()
         return [ClassInfo(name, count, created) for name, count, created in rows]
 
+    def shots(self, name: str) -> list[ShotInfo]:
+        """The support shots of class `name` in the order they were added."""
+        with self._snapshot() as conn:
+            class_id = self._class_id(conn, name)
+            rows = conn.execute(
+                "SELECT id, source, created FROM shots WHERE class_id = ? ORDER BY id", (class_id,)
+            ).fetchall()
+        return [ShotInfo(int(i), source, created) for i, source, created in rows]
+
+    def thumbnail(self, name: str, shot_id: int) -> bytes:
+        """The stored PNG of one support shot of class `name`."""
+        with self._snapshot() as conn:
+            class_id = self._class_id(conn, name)
+            row = conn.execute(
+                "SELECT thumbnail FROM shots WHERE id = ? AND class_id = ?", (shot_id, class_id)
+            ).fetchone()
+        if row is None:
+            raise UnknownClassError(f"class {name!r} has no shot {shot_id}")
+        return bytes(row[0])
+
+    def shot_embeddings(self, name: str) -> tuple[list[int], dict[str, np.ndarray]]:
+        """The ids of class `name`'s shots and, per output, their embeddings float32 [S, dim]."""
+        with self._snapshot() as conn:
+            class_id = self._class_id(conn, name)
+            rows = conn.execute(
+                "SELECT s.id, e.output, e.dim, e.vector FROM shots s JOIN embeddings e ON e.shot_id = s.id "
+                "WHERE s.class_id = ? ORDER BY e.output, s.id",
+                (class_id,),
+            ).fetchall()
+        ids = sorted({int(row[0]) for row in rows})
+        vectors: dict[str, list[bytes]] = {}
+        dims: dict[str, int] = {}
+        for _, output, dim, vector in rows:
+            vectors.setdefault(output, []).append(vector)
+            dims[output] = dim
+        return ids, {
+            o: np.frombuffer(b"".join(v), "<f4").reshape(len(v), dims[o]) for o, v in vectors.items()
+        }
+
     def prototypes(self) -> tuple[list[str], dict[str, np.ndarray]]:
         """Class names (sorted) and, per output, their prototypes as read-only float32 [K, dim]. Cached
         until this or another connection changes the store; the same objects come back while valid."""
         with self._lock:
-            key = (self._generation, self._conn.execute("PRAGMA data_version").fetchone()[0])
+            data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+            key = (self._generation, data_version)
             if self._cache is None or self._cache[0] != key:
-                self._cache = (key, self._load_prototypes())
+                with self._snapshot() as conn:
+                    if self._cache is not None and self._cache[0][1] != data_version and self._model_checked:
+                        self._check_same_model(conn)  # another process committed: maybe a re-embedding
+                    self._cache = (key, self._load_prototypes(conn))
             return self._cache[1]
 
-    def _load_prototypes(self) -> tuple[list[str], dict[str, np.ndarray]]:
-        labels = [row[0] for row in self._conn.execute("SELECT name FROM classes ORDER BY name")]
+    def _load_prototypes(self, conn: sqlite3.Connection) -> tuple[list[str], dict[str, np.ndarray]]:
+        labels = [row[0] for row in conn.execute("SELECT name FROM classes ORDER BY name")]
         means: dict[str, np.ndarray] = {}
-        for output, dim in self._conn.execute(
-            "SELECT output, dim FROM prototypes GROUP BY output"
-        ).fetchall():
+        for output, dim in conn.execute("SELECT output, dim FROM prototypes GROUP BY output").fetchall():
             blobs = [
                 row[0]
-                for row in self._conn.execute(
+                for row in conn.execute(
                     "SELECT p.vector FROM classes c JOIN prototypes p ON p.class_id = c.id "
                     "WHERE p.output = ? ORDER BY c.name",
                     (output,),
@@ -390,3 +565,129 @@ class SupportStore:
                 )
             means[output] = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(labels), dim)
         return labels, means
+
+    # -- portable copies ----------------------------------------------------------------------------
+
+    def export_to(self, destination: str | Path) -> Path:
+        """Writes a self-contained copy of the store (one SQLite file, no WAL) to `destination`,
+        atomically: the file appears complete or not at all."""
+        destination = Path(destination)
+        if not destination.parent.is_dir():
+            raise StoreError(f"cannot export to {destination}: folder {destination.parent} does not exist")
+        if destination.exists() and (self.path is None or destination.resolve() == self.path.resolve()):
+            raise StoreError(f"cannot export to {destination}: it is the store itself")
+        fd, tmp = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)  # VACUUM INTO wants to create the file itself
+        try:
+            with self._lock:
+                self._conn.execute("VACUUM INTO ?", (tmp,))
+            os.replace(tmp, destination)
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot export {self._where} to {destination}: {error}") from None
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return destination
+
+    def import_from(self, source: str | Path, reembed: Reembedder | None = None) -> list[ClassInfo]:
+        """Adds every class of an exported store file to this one, in one transaction. Embeddings are
+        copied when both stores hold the same model and otherwise recomputed with `reembed` from the
+        stored images. A name that exists here already refuses the whole import."""
+        fingerprint, classes = read_store_file(source)
+        if fingerprint == self.fingerprint:
+            shots = {name: [shot for shot, _ in items] for name, items in classes.items()}
+        elif reembed is None:
+            raise ModelMismatchError(
+                f"{source} holds embeddings of model {fingerprint[:12]}…, this store is model "
+                f"{self.fingerprint[:12]}…; import it through a classifier so its images are re-embedded"
+            )
+        else:
+            shots = {}
+            for name, items in classes.items():
+                vectors = reembed([(shot.source, shot.thumbnail) for shot, _ in items])
+                shots[name] = [
+                    Shot(shot.source, {o: v[i] for o, v in vectors.items()}, shot.thumbnail)
+                    for i, (shot, _) in enumerate(items)
+                ]
+        if not shots:
+            raise StoreError(f"{source} holds no classes; nothing to import")
+        return self.register_many(shots)
+
+
+_EXPECTED_SCHEMA: list[tuple[str, str, str]] = []
+
+
+def _expected_schema() -> list[tuple[str, str, str]]:
+    """(type, name, sql) of every schema object a store holds, from an empty store made in memory."""
+    if not _EXPECTED_SCHEMA:
+        conn = sqlite3.connect(":memory:")
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        _EXPECTED_SCHEMA.extend(conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name"))
+        conn.close()
+    return _EXPECTED_SCHEMA
+
+
+def read_store_file(source: str | Path) -> tuple[str, dict[str, list[tuple[Shot, str]]]]:
+    """Reads an exported store file, which may come from anyone: it must be a distilshot store with exactly
+    our schema (no triggers or views), pass SQLite's integrity check, and hold valid class names and
+    decodable images. Returns its model fingerprint and, per class, (shot, created) pairs."""
+    from distilshot.serve.images import load_image  # images -> manifest; keeps this module light
+
+    source = Path(source)
+    where = f"store file {source}"
+    if not source.is_file():
+        raise StoreError(f"{where} does not exist")
+    with open(source, "rb") as f:
+        if f.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
+            raise StoreError(f"{where} is not a distilshot support store")
+    try:
+        conn = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+    except sqlite3.Error as error:
+        raise StoreError(f"cannot open {where}: {error}") from None
+    try:
+        conn.execute("PRAGMA trusted_schema = OFF")
+        if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+            raise StoreError(f"{where} is an SQLite file but not a distilshot support store")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"{where} has schema version {version}; this distilshot reads {SCHEMA_VERSION}")
+        if conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall() != (
+            _expected_schema()
+        ):
+            raise StoreError(f"{where} has tables, indexes, triggers or views that a store does not have")
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise StoreError(f"{where} is damaged: {problems[0]}")
+        row = conn.execute("SELECT value FROM metadata WHERE key = 'fingerprint'").fetchone()
+        if row is None or not isinstance(row[0], str):
+            raise StoreError(f"{where} has no model fingerprint; it is damaged")
+        fingerprint = row[0]
+        classes: dict[str, list[tuple[Shot, str]]] = {}
+        shots = conn.execute(
+            "SELECT c.name, s.id, s.source, s.thumbnail, s.created FROM shots s "
+            "JOIN classes c ON c.id = s.class_id ORDER BY c.name, s.id"
+        )
+        for name, shot_id, source_name, thumbnail, created in shots:
+            check_class_name(name)
+            if not isinstance(thumbnail, bytes) or not isinstance(source_name, str):
+                raise StoreError(f"{where}: shot {shot_id} of class {name!r} is damaged")
+            load_image(thumbnail, name=f"{where}: shot {shot_id} of class {name!r}")
+            vectors = {
+                output: np.frombuffer(vector, "<f4")
+                for output, dim, vector in conn.execute(
+                    "SELECT output, dim, vector FROM embeddings WHERE shot_id = ?", (shot_id,)
+                )
+                if isinstance(vector, bytes) and len(vector) == 4 * dim
+            }
+            classes.setdefault(name, []).append((Shot(source_name, vectors, thumbnail), str(created)))
+        empty = conn.execute(
+            "SELECT name FROM classes WHERE id NOT IN (SELECT class_id FROM shots)"
+        ).fetchone()
+        if empty is not None:
+            raise StoreError(f"{where}: class {empty[0]!r} has no support images; it is damaged")
+    except sqlite3.Error as error:
+        raise StoreError(f"{where} cannot be read: {error}") from None
+    finally:
+        conn.close()
+    return fingerprint, classes

@@ -134,7 +134,7 @@ def test_store_persists_and_refuses_another_model(bundle, tmp_path):
     with FewShotClassifier(bundle, store) as clf:
         assert clf.classify([solid(RED)])[0].top_k == [("red", 1.0)]
     other = make_bundle(tmp_path / "other", "two")
-    with pytest.raises(StoreError, match="cannot be mixed"):
+    with pytest.raises(StoreError, match="never mixed"):
         FewShotClassifier(other, store)
     conn = sqlite3.connect(store)
     source, png = conn.execute("SELECT source, thumbnail FROM shots").fetchone()

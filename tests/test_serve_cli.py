@@ -95,6 +95,6 @@ def test_user_errors_exit_2_without_traceback(workdir, tmp_path):
     err = run(
         "classify", "--bundle", other, "--store", tmp_path / "e.db", "queries/q1.png", cwd=workdir, ok=False
     )
-    assert "cannot be mixed" in err.stderr
+    assert "never mixed" in err.stderr
     err = run("info", "--bundle", tmp_path, cwd=workdir, ok=False).stderr
     assert "is not a bundle" in err

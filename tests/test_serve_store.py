@@ -119,7 +119,7 @@ def test_register_many_is_all_or_nothing(path):
 
 def test_fingerprint_mismatch_is_refused(path):
     before = path.read_bytes()
-    with pytest.raises(StoreError, match=r"cannot be mixed.*re-embed"):
+    with pytest.raises(StoreError, match=r"never mixed.*Re-embed"):
         SupportStore(path, OTHER_FP)
     assert path.read_bytes() == before
 
