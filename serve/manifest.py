@@ -64,6 +64,20 @@ class Head:
 
 
 @dataclass(frozen=True)
+class Rejection:
+    """Open-set rejection: a query whose best logit is below `threshold` is answered "unknown". The
+    threshold is the (1 - target) quantile of the best logit of queries of registered classes, measured
+    on held-out classes (`protocol`); `known_accepted` and `unknown_rejected` are measured on other
+    held-out classes than the ones it was fitted on."""
+
+    threshold: float
+    target: float
+    protocol: str
+    known_accepted: float
+    unknown_rejected: float
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     method: str
@@ -76,6 +90,7 @@ class Manifest:
     training: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     created: str = ""
+    rejection: Rejection | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -133,6 +148,7 @@ class Manifest:
                 training=dict(data.get("training", {})),
                 files={str(k): str(v) for k, v in data["files"].items()},
                 created=str(data.get("created", "")),
+                rejection=_rejection(data.get("rejection")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise BundleError(f"manifest is malformed: {error!r}") from None
@@ -169,11 +185,25 @@ class Manifest:
             )
         if self.head.temperature <= 0:
             raise BundleError("head.temperature must be positive")
+        if self.rejection is not None and not (0 < self.rejection.target < 1):
+            raise BundleError("rejection.target must lie between 0 and 1")
 
     def save(self, bundle_dir: Path) -> Path:
         """Writes manifest.json atomically after validating it."""
         self.validate()
         return write_json_atomic(Path(bundle_dir) / MANIFEST_FILE, self.to_dict())
+
+
+def _rejection(data: dict[str, Any] | None) -> Rejection | None:
+    if data is None:
+        return None
+    return Rejection(
+        threshold=float(data["threshold"]),
+        target=float(data["target"]),
+        protocol=str(data["protocol"]),
+        known_accepted=float(data["known_accepted"]),
+        unknown_rejected=float(data["unknown_rejected"]),
+    )
 
 
 def sha256_file(path: Path) -> str:
