@@ -79,7 +79,9 @@ class FewShotClassifier:
     """A bundle's embedder plus a support store. `store_path=None` keeps classes in memory only.
 
     Opening verifies the bundle's files against their sha256s (BundleError) and refuses a store whose
-    embeddings come from a different model (StoreError). Safe to share between threads.
+    embeddings come from a different model (StoreError). `backend` picks the inference engine (auto:
+    the best that runs here) and `precision` the bundle's graph it runs (fp32, int8, fp16); the store is
+    tied to that graph's fingerprint, so int8 and fp32 embeddings never mix. Safe to share between threads.
     """
 
     def __init__(
@@ -89,12 +91,13 @@ class FewShotClassifier:
         backend: str = "auto",
         *,
         providers: Sequence[str] | None = None,
+        precision: str = "fp32",
     ) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest = load_manifest(self.bundle_dir)
-        self.engine = open_engine(self.bundle_dir, self.manifest, backend, providers)
+        self.engine = open_engine(self.bundle_dir, self.manifest, backend, providers, precision)
         self.head = PrototypeHead(self.manifest.head)
-        self.store = SupportStore(store_path, self.manifest.fingerprint())
+        self.store = SupportStore(store_path, self.manifest.fingerprint(self.engine.role))
         self._prepared: tuple[object, Prototypes] | None = None
 
     def close(self) -> None:
@@ -233,13 +236,15 @@ class FewShotClassifier:
             "backbone": m.backbone,
             "dataset": m.dataset,
             "metrics": m.metrics,
-            "fingerprint": m.fingerprint(),
+            "fingerprint": m.fingerprint(self.engine.role),
             "outputs": {o.name: o.dim for o in m.embedder.outputs},
             "head": asdict(m.head),
             "preprocessing": asdict(m.preprocessing),
             "created": m.created,
             "bundle": str(self.bundle_dir),
             "engine": self.engine.name,
+            "graph": self.engine.role,
+            "precision": m.graphs[self.engine.role].precision,
             "providers": self.engine.providers_in_use,
             "store": None if self.store.path is None else str(self.store.path),
             "classes": len(self.store.classes()),

@@ -28,14 +28,22 @@ OptionalBundle = Annotated[
 Store = Annotated[
     Path, typer.Option("--store", "-s", help="Support store (SQLite file), created on first register.")
 ]
-Backend = Annotated[str, typer.Option("--backend", help="Inference backend: auto or onnxruntime.")]
+Backend = Annotated[
+    str,
+    typer.Option(
+        "--backend", help="Inference backend: auto (tensorrt > cuda > openvino > onnxruntime) or one."
+    ),
+]
+Precision = Annotated[
+    str, typer.Option("--precision", help="Which of the bundle's graphs to run: fp32, int8 or fp16.")
+]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
 
 
-def _classifier(bundle: Path, store: Path | None, backend: str) -> FewShotClassifier:
+def _classifier(bundle: Path, store: Path | None, backend: str, precision: str) -> FewShotClassifier:
     from distilshot.serve.classifier import FewShotClassifier
 
-    return FewShotClassifier(bundle, store, backend)
+    return FewShotClassifier(bundle, store, backend, precision=precision)
 
 
 def _store(store: Path, bundle: Path | None) -> SupportStore:
@@ -45,7 +53,14 @@ def _store(store: Path, bundle: Path | None) -> SupportStore:
 
     if not store.exists():
         raise DistilshotError(f"there is no support store at {store}")
-    return SupportStore(store, None if bundle is None else load_manifest(bundle).fingerprint())
+    if bundle is None:
+        return SupportStore(store)
+    # the store may hold the embeddings of any of the bundle's graphs (fp32, int8, ...)
+    manifest = load_manifest(bundle)
+    with SupportStore(store) as probe:
+        held = probe.fingerprint
+    ours = {manifest.fingerprint(role) for role in manifest.graphs}
+    return SupportStore(store, held if held in ours else manifest.fingerprint())
 
 
 def _print_table(title: str, columns: list[str], rows: list[list[str]], show_header: bool = True) -> None:
@@ -84,6 +99,7 @@ def register(
     ] = None,
     add: Annotated[bool, typer.Option("--add", help="Add the images to an existing class.")] = False,
     backend: Backend = "auto",
+    precision: Precision = "fp32",
     as_json: Json = False,
 ) -> None:
     """Register a class from support images (or a folder of class subfolders)."""
@@ -92,12 +108,12 @@ def register(
             raise DistilshotError(
                 "give either NAME IMAGES... or --folder, not both (--add works with NAME only)"
             )
-        with _classifier(bundle, store, backend) as classifier:
+        with _classifier(bundle, store, backend, precision) as classifier:
             infos = classifier.register_folder(folder)
     else:
         if name is None or not images:
             raise DistilshotError("give a class NAME and at least one support image, or --folder")
-        with _classifier(bundle, store, backend) as classifier:
+        with _classifier(bundle, store, backend, precision) as classifier:
             infos = [classifier.add_shots(name, images) if add else classifier.register(name, images)]
     _print_classes("added to" if add else "registered", infos, as_json)
 
@@ -109,12 +125,13 @@ def classify(
     store: Store,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many classes to show per image.")] = 5,
     backend: Backend = "auto",
+    precision: Precision = "fp32",
     as_json: Json = False,
 ) -> None:
     """Classify query images against the registered classes."""
     if not store.exists():
         raise DistilshotError(f"there is no support store at {store}; register classes first")
-    with _classifier(bundle, store, backend) as classifier:
+    with _classifier(bundle, store, backend, precision) as classifier:
         predictions = classifier.classify(images, top_k=top_k)
     if as_json:
         for prediction in predictions:
@@ -162,12 +179,13 @@ def info(
         Path | None, typer.Option("--store", "-s", help="Also count this store's classes.")
     ] = None,
     backend: Backend = "auto",
+    precision: Precision = "fp32",
     as_json: Json = False,
 ) -> None:
     """Describe a bundle: model, quality metrics, fingerprint and the engine that runs it."""
     if store is not None and not store.exists():
         raise DistilshotError(f"there is no support store at {store}")
-    with _classifier(bundle, store, backend) as classifier:
+    with _classifier(bundle, store, backend, precision) as classifier:
         summary = classifier.info()
     if store is None:
         del summary["store"], summary["classes"]  # an in-memory store says nothing about the user's classes

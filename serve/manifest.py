@@ -20,6 +20,8 @@ SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 METRICS = ("euclidean", "cosine")
 RESIZE_MODES = ("shorter-side-center-crop",)
+PRECISIONS = ("fp32", "fp16", "int8")
+GRAPH_FORMATS = ("onnx", "openvino")
 
 
 @dataclass(frozen=True)
@@ -45,11 +47,20 @@ class Output:
 
 @dataclass(frozen=True)
 class Graph:
-    """An ONNX graph in the bundle. The input is NCHW float32 with a dynamic batch axis."""
+    """A graph in the bundle that computes the embedder: NCHW float32 input with a dynamic batch axis,
+    float32 outputs, whatever it computes in between. `precision` is what it computes in: fp32, fp16
+    (fp16 weights and activations behind fp32 inputs and outputs) or int8 (symmetric QuantizeLinear /
+    DequantizeLinear pairs). `format` is onnx, or openvino (IR: `file` is the .xml, `weights` the .bin).
+    `source` names the ONNX graph's role that this one was converted from without changing what it
+    computes; it then shares that graph's fingerprint."""
 
     file: str
     input: str
     outputs: tuple[Output, ...]
+    precision: str = "fp32"
+    format: str = "onnx"
+    source: str | None = None
+    weights: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,12 +109,24 @@ class Manifest:
         return self.graphs["embedder"]
 
     def fingerprint(self, graph: str = "embedder") -> str:
-        """Identifies the embeddings a graph produces: its file hash plus the preprocessing in front of it."""
+        """Identifies the embeddings graph role `graph` produces: the hash of its ONNX file (of its `source`
+        for a converted graph) plus the preprocessing in front of it. Each precision is its own file, so
+        int8 or fp16 embeddings never share the fp32 fingerprint and a store never mixes them. Every
+        engine runs a graph at the graph's own precision, so engines running the same graph share its
+        fingerprint; export checks that their predictions agree on real images."""
+        root = self.graphs[graph]
+        if root.source is not None:
+            root = self.graphs[root.source]
         payload = json.dumps(
-            {"graph": self.files[self.graphs[graph].file], "preprocessing": asdict(self.preprocessing)},
-            sort_keys=True,
+            {"graph": self.files[root.file], "preprocessing": asdict(self.preprocessing)}, sort_keys=True
         )
         return hashlib.sha256(payload.encode()).hexdigest()
+
+    def role_for(self, precision: str, format: str = "onnx") -> str | None:
+        """The role of the graph with this precision and format, or None if the bundle has none."""
+        return next(
+            (r for r, g in self.graphs.items() if g.precision == precision and g.format == format), None
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,6 +159,10 @@ class Manifest:
                         file=str(g["file"]),
                         input=str(g["input"]),
                         outputs=tuple(Output(str(o["name"]), int(o["dim"])) for o in g["outputs"]),
+                        precision=str(g.get("precision", "fp32")),
+                        format=str(g.get("format", "onnx")),
+                        source=None if g.get("source") is None else str(g["source"]),
+                        weights=None if g.get("weights") is None else str(g["weights"]),
                     )
                     for role, g in data["graphs"].items()
                 },
@@ -172,9 +199,10 @@ class Manifest:
             raise BundleError(f"preprocessing.resample {p.resample!r} is not supported")
         if "embedder" not in self.graphs:
             raise BundleError("manifest has no 'embedder' graph")
+        if (self.embedder.precision, self.embedder.format) != ("fp32", "onnx"):
+            raise BundleError("the 'embedder' graph must be the fp32 ONNX graph")
         for role, graph in self.graphs.items():
-            if graph.file not in self.files:
-                raise BundleError(f"graph {role!r} file {graph.file!r} has no sha256 in manifest.files")
+            self._validate_graph(role, graph)
         if self.head.metric not in METRICS:
             raise BundleError(f"head.metric {self.head.metric!r} is not one of {METRICS}")
         outputs = {o.name for o in self.embedder.outputs}
@@ -187,6 +215,26 @@ class Manifest:
             raise BundleError("head.temperature must be positive")
         if self.rejection is not None and not (0 < self.rejection.target < 1):
             raise BundleError("rejection.target must lie between 0 and 1")
+
+    def _validate_graph(self, role: str, graph: Graph) -> None:
+        for file in (graph.file, graph.weights):
+            if file is not None and file not in self.files:
+                raise BundleError(f"graph {role!r} file {file!r} has no sha256 in manifest.files")
+        if graph.precision not in PRECISIONS:
+            raise BundleError(f"graph {role!r} precision {graph.precision!r} is not one of {PRECISIONS}")
+        if graph.format not in GRAPH_FORMATS:
+            raise BundleError(f"graph {role!r} format {graph.format!r} is not one of {GRAPH_FORMATS}")
+        if self.role_for(graph.precision, graph.format) != role:
+            raise BundleError(f"the manifest has two {graph.precision} {graph.format} graphs")
+        # one head serves every graph, so all take the same input and produce the same outputs
+        if (graph.input, graph.outputs) != (self.embedder.input, self.embedder.outputs):
+            raise BundleError(f"graph {role!r} must have the embedder's input and outputs")
+        if graph.source is not None:
+            source = self.graphs.get(graph.source)
+            if source is None or source.format != "onnx" or source.precision != graph.precision:
+                raise BundleError(
+                    f"graph {role!r} source {graph.source!r} must be an ONNX graph of the same precision"
+                )
 
     def save(self, bundle_dir: Path) -> Path:
         """Writes manifest.json atomically after validating it."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 
@@ -11,7 +12,6 @@ from serve_fixtures import SIZE, expected_embedding, make_bundle
 
 from distilshot.errors import BundleError, DistilshotError
 from distilshot.serve.engines import BACKENDS, open_engine
-from distilshot.serve.engines import onnxruntime_engine as ort_engine
 from distilshot.serve.engines.onnxruntime_engine import OnnxRuntimeEngine
 from distilshot.serve.manifest import load_manifest, sha256_file
 
@@ -85,7 +85,8 @@ def test_missing_onnxruntime_says_what_to_install(bundle, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
     with pytest.raises(DistilshotError, match=r"pip install distilshot\[cpu\].*distilshot\[gpu\]"):
         open_engine(bundle, load_manifest(bundle), "onnxruntime")
-    monkeypatch.setattr(ort_engine, "is_available", lambda: False)
+    for module in BACKENDS.values():
+        monkeypatch.setattr(importlib.import_module(module), "is_available", lambda: False)
     with pytest.raises(DistilshotError, match=r"no inference backend.*distilshot\[cpu\]"):
         open_engine(bundle, load_manifest(bundle))
 

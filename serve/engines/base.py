@@ -8,20 +8,42 @@ from typing import Protocol
 import numpy as np
 
 from distilshot.errors import BundleError, DistilshotError
-from distilshot.serve.manifest import Graph, Preprocessing
+from distilshot.serve.manifest import PRECISIONS, Graph, Manifest, Preprocessing
 
 CHUNK_SIZE = 64
+# what adds a graph of each precision to a bundle
+EXPORT_HINT = {"int8": "int8", "fp16": "tensorrt"}
+
+
+class EngineUnavailable(DistilshotError):
+    """The backend cannot run here (package, device or provider missing); `auto` moves on to the next."""
 
 
 class Engine(Protocol):
-    """Runs a bundle's embedder: NCHW float32 in, one [N, dim] float32 array per named output out."""
+    """Runs one of a bundle's embedder graphs (`role` in manifest.graphs): NCHW float32 in, one [N, dim]
+    float32 array per named output out. `providers_in_use` says what really runs it (device, precision)."""
 
     name: str
+    role: str
 
     @property
     def providers_in_use(self) -> list[str]: ...
 
     def embed(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+def graph_role(manifest: Manifest, precision: str, formats: tuple[str, ...] = ("onnx",)) -> str:
+    """The role of the graph an engine runs for `precision`, taking the first of `formats` the bundle has."""
+    if precision not in PRECISIONS:
+        raise DistilshotError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    for fmt in formats:
+        role = manifest.role_for(precision, fmt)
+        if role is not None:
+            return role
+    raise BundleError(
+        f"the bundle has no {precision} graph; add one with "
+        f"`distilshot export --bundle BUNDLE --to {EXPORT_HINT.get(precision, 'onnx')}`"
+    )
 
 
 def check_batch(batch: np.ndarray, prep: Preprocessing) -> None:

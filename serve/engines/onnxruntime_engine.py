@@ -1,29 +1,54 @@
-"""The ONNX Runtime backend: CPU by default, any installed execution providers on request."""
+"""The ONNX Runtime backend: CPU by default; GPU execution providers (TensorRT, CUDA) on request, with a
+check that they are really in use, since ONNX Runtime falls back to the CPU silently."""
 
 from __future__ import annotations
 
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from distilshot.errors import BundleError, DistilshotError
-from distilshot.serve.engines.base import CHUNK_SIZE, check_batch, embed_in_chunks
+from distilshot.errors import BundleError
+from distilshot.serve.engines.base import (
+    CHUNK_SIZE,
+    EngineUnavailable,
+    check_batch,
+    embed_in_chunks,
+    graph_role,
+)
+from distilshot.serve.engines.cache import engine_cache_dir
 from distilshot.serve.manifest import Manifest
 
 INSTALL_HINT = "pip install distilshot[cpu] (or distilshot[gpu] for CUDA)"
-DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+CPU = "CPUExecutionProvider"
+DEFAULT_PROVIDERS = (CPU,)
 
 
 def is_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
-class OnnxRuntimeEngine:
-    """Runs the embedder graph of a bundle in an onnxruntime InferenceSession."""
+def provider_options(name: str, manifest: Manifest, role: str) -> dict[str, Any]:
+    """Options for one execution provider. TensorRT gets an engine cache (its engines take minutes to
+    build) and an optimisation profile covering batches of 1 to CHUNK_SIZE images."""
+    if name != "TensorrtExecutionProvider":
+        return {}
+    prep, graph = manifest.preprocessing, manifest.graphs[role]
+    image = f"{prep.channels}x{prep.height}x{prep.width}"
+    return {
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(engine_cache_dir() / "onnxruntime-tensorrt"),
+        "trt_timing_cache_enable": True,
+        "trt_profile_min_shapes": f"{graph.input}:1x{image}",
+        "trt_profile_opt_shapes": f"{graph.input}:{CHUNK_SIZE}x{image}",
+        "trt_profile_max_shapes": f"{graph.input}:{CHUNK_SIZE}x{image}",
+    }
 
-    name = "onnxruntime"
+
+class OnnxRuntimeEngine:
+    """Runs the bundle's ONNX graph of `precision` in an onnxruntime InferenceSession."""
 
     def __init__(
         self,
@@ -31,28 +56,42 @@ class OnnxRuntimeEngine:
         manifest: Manifest,
         providers: Sequence[str] | None = None,
         chunk_size: int = CHUNK_SIZE,
+        precision: str = "fp32",
+        name: str = "onnxruntime",
     ) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise DistilshotError(f"onnxruntime is not installed: {INSTALL_HINT}") from None
-        providers = list(providers or DEFAULT_PROVIDERS)
-        missing = [p for p in providers if p not in ort.get_available_providers()]
+            raise EngineUnavailable(f"onnxruntime is not installed: {INSTALL_HINT}") from None
+        self.name = name
+        self.role = graph_role(manifest, precision)
+        self._manifest = manifest
+        self._graph = manifest.graphs[self.role]
+        self._chunk_size = chunk_size
+        requested = list(providers or DEFAULT_PROVIDERS)
+        missing = [p for p in requested if p not in ort.get_available_providers()]
         if missing:
-            raise DistilshotError(
+            raise EngineUnavailable(
                 f"onnxruntime execution providers {missing} are not available here; "
                 f"available: {ort.get_available_providers()}"
             )
-        self._manifest = manifest
-        self._graph = manifest.embedder
-        self._chunk_size = chunk_size
         path = Path(bundle_dir) / self._graph.file
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: ORT's warnings are not actionable for users
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            self._session = ort.InferenceSession(
+                str(path),
+                sess_options=options,
+                providers=[(p, provider_options(p, manifest, self.role)) for p in requested],
+            )
         except Exception as error:  # ORT raises its own pybind exception types for bad graphs
             raise BundleError(f"onnxruntime cannot load {path}: {error}") from None
+        accelerators = [p for p in requested if p != CPU]
+        if accelerators and not set(accelerators) & set(self.providers_in_use):
+            raise EngineUnavailable(
+                f"onnxruntime was asked for {accelerators} but fell back to {self.providers_in_use}: "
+                "no usable GPU, or its CUDA/cuDNN/TensorRT libraries are missing"
+            )
         self._check_signature(path)
 
     def _check_signature(self, path: Path) -> None:
@@ -100,6 +139,6 @@ class OnnxRuntimeEngine:
 
 
 def open_engine(
-    bundle_dir: Path, manifest: Manifest, providers: Sequence[str] | None = None
+    bundle_dir: Path, manifest: Manifest, providers: Sequence[str] | None = None, precision: str = "fp32"
 ) -> OnnxRuntimeEngine:
-    return OnnxRuntimeEngine(bundle_dir, manifest, providers=providers)
+    return OnnxRuntimeEngine(bundle_dir, manifest, providers=providers, precision=precision)

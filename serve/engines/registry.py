@@ -1,5 +1,7 @@
-"""Choosing an inference backend by name. Each backend module is imported only when chosen and provides
-`is_available() -> bool` and `open_engine(bundle_dir, manifest, providers) -> Engine`."""
+"""Choosing an inference backend by name, or `auto`. Each backend module is imported only when chosen and
+provides `is_available() -> bool` (cheap: are its packages installed?) and
+`open_engine(bundle_dir, manifest, providers, precision) -> Engine`, which raises EngineUnavailable when the
+backend cannot run here after all (no GPU, a provider that fell back to the CPU)."""
 
 from __future__ import annotations
 
@@ -8,15 +10,24 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from distilshot.errors import DistilshotError
-from distilshot.serve.engines.base import Engine
+from distilshot.serve.engines.base import Engine, EngineUnavailable
 from distilshot.serve.manifest import Manifest
 
 # backend name -> module implementing it
 BACKENDS: dict[str, str] = {
+    "tensorrt": "distilshot.serve.engines.tensorrt_engine",
+    "cuda": "distilshot.serve.engines.cuda_engine",
+    "openvino": "distilshot.serve.engines.openvino_engine",
     "onnxruntime": "distilshot.serve.engines.onnxruntime_engine",
 }
-# "auto" takes the first available backend in this order
-AUTO_ORDER: tuple[str, ...] = ("onnxruntime",)
+# "auto" takes the first backend in this order that opens: GPU engines first, then the CPU ones. On the
+# CPU, int8 graphs go to OpenVINO (ONNX Runtime's int8 CPU kernels are not faster than its fp32 ones;
+# `make bench` measures both) and fp32/fp16 to ONNX Runtime, which starts about a second sooner.
+AUTO_ORDER: dict[str, tuple[str, ...]] = {
+    "fp32": ("tensorrt", "cuda", "onnxruntime", "openvino"),
+    "fp16": ("tensorrt", "cuda", "onnxruntime", "openvino"),
+    "int8": ("tensorrt", "cuda", "openvino", "onnxruntime"),
+}
 INSTALL_HINT = "pip install distilshot[cpu] or distilshot[gpu]"
 
 
@@ -25,14 +36,24 @@ def open_engine(
     manifest: Manifest,
     backend: str = "auto",
     providers: Sequence[str] | None = None,
+    precision: str = "fp32",
 ) -> Engine:
-    """Opens the bundle's embedder with `backend` ("auto" or a key of BACKENDS)."""
+    """Opens the bundle's embedder graph of `precision` with `backend` ("auto" or a key of BACKENDS)."""
     if backend == "auto":
-        for name in AUTO_ORDER:
+        reasons = []
+        for name in AUTO_ORDER.get(precision, AUTO_ORDER["fp32"]):
             module = importlib.import_module(BACKENDS[name])
-            if module.is_available():
-                return module.open_engine(Path(bundle_dir), manifest, providers)
-        raise DistilshotError(f"no inference backend is installed: {INSTALL_HINT}")
+            if not module.is_available():
+                continue
+            try:
+                return module.open_engine(Path(bundle_dir), manifest, providers, precision)
+            except EngineUnavailable as error:
+                reasons.append(f"{name}: {error}")
+        raise DistilshotError(
+            f"no inference backend can run here ({'; '.join(reasons) or 'none is installed'}): {INSTALL_HINT}"
+        )
     if backend not in BACKENDS:
         raise DistilshotError(f"unknown backend {backend!r}; choose auto or one of {sorted(BACKENDS)}")
-    return importlib.import_module(BACKENDS[backend]).open_engine(Path(bundle_dir), manifest, providers)
+    return importlib.import_module(BACKENDS[backend]).open_engine(
+        Path(bundle_dir), manifest, providers, precision
+    )
