@@ -10,6 +10,7 @@ from distilshot.errors import DistilshotError
 from distilshot.export.bundle import write_bundle
 from distilshot.export.parity import ParityReport, check_parity
 from distilshot.serve.manifest import sha256_file
+from distilshot.serve.rejection import calibrate_bundle
 from distilshot.train.checkpoint import ModelSpec, load_model
 from distilshot.train.data.registry import load_split
 from distilshot.train.evaluation import EvalResult
@@ -40,15 +41,16 @@ def export_model(
     overwrite: bool = False,
 ) -> ExportOutcome:
     bundle, _ = write_bundle(model, spec, out, metrics_of(results), training, overwrite=overwrite)
-    parity = check_parity(
-        model, spec, bundle, load_split(spec.dataset, "test", spec.image_size), episodes=parity_episodes
-    )
+    test = load_split(spec.dataset, "test", spec.image_size)
+    parity = check_parity(model, spec, bundle, test, episodes=parity_episodes)
     (bundle.parent / f"{bundle.name}.parity.json").write_text(json.dumps(parity.to_dict(), indent=2) + "\n")
     if not parity.identical:
         raise DistilshotError(
             f"the exported bundle {bundle} predicts differently from PyTorch on "
             f"{100 * (1 - parity.agreement):.2f}% of parity queries (max abs diff {parity.max_abs_diff})"
         )
+    # The "unknown" answer's threshold, calibrated on the held-out classes with the bundle's own engine.
+    calibrate_bundle(bundle, test.images, test.labels, test.name)
     return ExportOutcome(bundle, results, parity)
 
 

@@ -8,18 +8,20 @@ stored, and returns plain dataclasses / dicts ready to print or serialise.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from distilshot.errors import DistilshotError
+from distilshot.errors import DistilshotError, StoreError
+from distilshot.serve.batching import Batcher
 from distilshot.serve.engines import open_engine
 from distilshot.serve.engines.base import CHUNK_SIZE
 from distilshot.serve.head import PrototypeHead, Prototypes, softmax, top_k_indices
 from distilshot.serve.images import (
+    THUMBNAIL_SIDE,
     ImageSource,
     load_image,
     normalise,
@@ -28,7 +30,7 @@ from distilshot.serve.images import (
     to_model_pixels,
 )
 from distilshot.serve.manifest import load_manifest
-from distilshot.serve.store import ClassInfo, Shot, SupportStore
+from distilshot.serve.store import ClassInfo, Shot, ShotInfo, SupportStore, UnknownClassError
 
 # Files `register_folder` picks up from each class folder; anything else (notes, .DS_Store) is ignored.
 IMAGE_SUFFIXES = frozenset(
@@ -39,16 +41,33 @@ IMAGE_SUFFIXES = frozenset(
 @dataclass(frozen=True)
 class Prediction:
     """The best classes for one query image. `top_k` holds (label, softmax probability) best first;
-    `logits` holds the raw logit of each of those labels in the same order."""
+    `logits` holds the raw logit of each of those labels in the same order. `unknown` is true when the
+    best logit is below the rejection `threshold` (None: no threshold, never unknown). `nearest` holds,
+    per top-k label, the id of that class's support shot nearest to the query (when asked for)."""
 
     image: str
     top_k: list[tuple[str, float]]
     logits: list[float]
+    unknown: bool = False
+    threshold: float | None = None
+    nearest: list[int | None] = field(default_factory=list)
+
+    @property
+    def label(self) -> str | None:
+        """The answer: the best class, or None for "unknown"."""
+        return None if self.unknown else self.top_k[0][0]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "image": self.image,
-            "top_k": [{"label": label, "score": score} for label, score in self.top_k],
+            "label": self.label,
+            "unknown": self.unknown,
+            "threshold": self.threshold,
+            "top_k": [
+                {"label": label, "score": score, "logit": logit}
+                | ({"shot": self.nearest[i]} if self.nearest else {})
+                for i, ((label, score), logit) in enumerate(zip(self.top_k, self.logits, strict=True))
+            ],
         }
 
 
@@ -81,7 +100,14 @@ class FewShotClassifier:
     Opening verifies the bundle's files against their sha256s (BundleError) and refuses a store whose
     embeddings come from a different model (StoreError). `backend` picks the inference engine (auto:
     the best that runs here) and `precision` the bundle's graph it runs (fp32, int8, fp16); the store is
-    tied to that graph's fingerprint, so int8 and fp32 embeddings never mix. Safe to share between threads.
+    tied to that graph's fingerprint, so int8 and fp32 embeddings never mix.
+
+    With `reembed` a store of another model is accepted: every stored support image is then embedded
+    again with this bundle, in one transaction, and the store belongs to it from then on.
+
+    Safe to share between threads: the store serialises its connection, the engine is called by one
+    thread at a time through a Batcher that combines the images of concurrent calls, and everything else
+    is per call. Several processes may share one store file (SQLite WAL; writers take turns).
     """
 
     def __init__(
@@ -91,13 +117,18 @@ class FewShotClassifier:
         backend: str = "auto",
         *,
         providers: Sequence[str] | None = None,
+        reembed: bool = False,
         precision: str = "fp32",
     ) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest = load_manifest(self.bundle_dir)
         self.engine = open_engine(self.bundle_dir, self.manifest, backend, providers, precision)
         self.head = PrototypeHead(self.manifest.head)
-        self.store = SupportStore(store_path, self.manifest.fingerprint(self.engine.role))
+        self.batcher = Batcher(self._embed, self.head, CHUNK_SIZE)
+        rejection = self.manifest.rejection
+        self.threshold = None if rejection is None else rejection.threshold
+        reembedder = self._reembed_stored if reembed else None
+        self.store = SupportStore(store_path, self.manifest.fingerprint(self.engine.role), reembedder)
         self._prepared: tuple[object, Prototypes] | None = None
 
     def close(self) -> None:
@@ -142,25 +173,55 @@ class FewShotClassifier:
     def remove(self, name: str) -> None:
         self.store.remove(name)
 
+    def remove_shot(self, name: str, shot_id: int) -> ClassInfo:
+        return self.store.remove_shot(name, shot_id)
+
     def classes(self) -> list[ClassInfo]:
         return self.store.classes()
+
+    def shots(self, name: str) -> list[ShotInfo]:
+        return self.store.shots(name)
+
+    def thumbnail(self, name: str, shot_id: int) -> bytes:
+        """The stored PNG of a support shot (upright; the image itself up to 256 px, else downscaled)."""
+        return self.store.thumbnail(name, shot_id)
+
+    def export_store(self, destination: Path | str) -> Path:
+        """Writes a portable copy of the store (one SQLite file) for `import_store` elsewhere."""
+        return self.store.export_to(destination)
+
+    def import_store(self, source: Path | str) -> list[ClassInfo]:
+        """Adds every class of an exported store, re-embedding its images if it comes from another model;
+        all of them or, if any name is taken or anything is invalid, none."""
+        return self.store.import_from(source, self._reembed_stored)
 
     # -- classification -----------------------------------------------------------------------------
 
     def classify(
-        self, images: Sequence[ImageSource], top_k: int = 5, *, names: Sequence[str] | None = None
+        self,
+        images: Sequence[ImageSource],
+        top_k: int = 5,
+        *,
+        names: Sequence[str] | None = None,
+        threshold: float | None = None,
+        nearest: bool = False,
     ) -> list[Prediction]:
-        """The `top_k` most probable classes (clipped to the number of classes) for each query image."""
-        if top_k < 1:
-            raise DistilshotError(f"top_k must be at least 1, not {top_k}")
+        """The `top_k` most probable classes (clipped to the number of classes) for each query image, and
+        "unknown" when the best logit is below `threshold` (default: the bundle's calibrated threshold).
+        With `nearest`, each top-k class also names its support shot nearest to the query."""
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise DistilshotError(f"top_k must be at least 1 and a whole number, not {top_k!r}")
+        if threshold is not None and not np.isfinite(threshold):
+            raise DistilshotError(f"threshold must be a finite number, not {threshold!r}")
+        threshold = self.threshold if threshold is None else float(threshold)
+        image_names, pixels, _ = self._read(images, names, thumbnails=False)
         labels, means = self.store.prototypes()
         if not labels:
             raise DistilshotError("no classes are registered yet; register some support images first")
-        prototypes = self._prototypes(labels, means)
-        image_names, pixels, _ = self._read(images, names, thumbnails=False)
         if not image_names:
             return []
-        logits = self.head.logits(self._embed(pixels), prototypes)
+        embeddings, logits = self.batcher.run(pixels, self._prototypes(labels, means))
+        assert logits is not None
         scores = softmax(logits)
         best = top_k_indices(scores, top_k)
         return [
@@ -168,9 +229,25 @@ class FewShotClassifier:
                 image=image,
                 top_k=[(labels[c], float(scores[row, c])) for c in best[row]],
                 logits=[float(logits[row, c]) for c in best[row]],
+                unknown=threshold is not None and float(logits[row, best[row, 0]]) < threshold,
+                threshold=threshold,
+                nearest=(
+                    [self._nearest_shot(labels[c], embeddings, row) for c in best[row]] if nearest else []
+                ),
             )
             for row, image in enumerate(image_names)
         ]
+
+    def _nearest_shot(self, label: str, queries: Mapping[str, np.ndarray], row: int) -> int | None:
+        """The id of class `label`'s support shot with the highest logit for query `row` (None if the class
+        was removed meanwhile)."""
+        try:
+            ids, vectors = self.store.shot_embeddings(label)
+        except UnknownClassError:
+            return None
+        shots = self.head.prepare([str(i) for i in ids], vectors)
+        logits = self.head.logits({o: v[row : row + 1] for o, v in queries.items()}, shots)
+        return ids[int(np.argmax(logits[0]))]
 
     def _prototypes(self, labels: list[str], means: dict[str, np.ndarray]) -> Prototypes:
         # The store hands back the same `means` object until it changes, so prepare once per change.
@@ -215,7 +292,7 @@ class FewShotClassifier:
         image_names, pixels, thumbs = self._read(images, names, thumbnails=True)
         if not image_names:
             return []
-        embeddings = self._embed(pixels)
+        embeddings, _ = self.batcher.run(pixels)
         return [
             Shot(
                 source=Path(name).name if isinstance(source, str | Path) else name,
@@ -224,6 +301,24 @@ class FewShotClassifier:
             )
             for i, (name, source) in enumerate(zip(image_names, images, strict=True))
         ]
+
+    def _reembed_stored(self, images: Sequence[tuple[str, bytes]]) -> dict[str, np.ndarray]:
+        """Embeds stored support images (PNG copies) with this bundle. A copy at the size limit may have
+        been downscaled; it still re-embeds faithfully if its shorter side is at least the model's input
+        side (the preprocessing then only shrinks it further), and is refused otherwise."""
+        prep = self.manifest.preprocessing
+        pixels = []
+        for source, data in images:
+            image = load_image(data, name=f"stored support image {source!r}")
+            if max(image.size) >= THUMBNAIL_SIDE and min(image.size) < min(prep.height, prep.width):
+                raise StoreError(
+                    f"stored support image {source!r} was kept downscaled to {image.size}, "
+                    f"smaller than this model's {prep.width}x{prep.height} input: it cannot be re-embedded "
+                    "faithfully; register the original images in a new store instead"
+                )
+            pixels.append(to_model_pixels(image, prep))
+        embeddings, _ = self.batcher.run(np.stack(pixels))
+        return embeddings
 
     # -- description --------------------------------------------------------------------------------
 
@@ -246,6 +341,7 @@ class FewShotClassifier:
             "graph": self.engine.role,
             "precision": m.graphs[self.engine.role].precision,
             "providers": self.engine.providers_in_use,
+            "rejection": None if m.rejection is None else asdict(m.rejection),
             "store": None if self.store.path is None else str(self.store.path),
             "classes": len(self.store.classes()),
         }

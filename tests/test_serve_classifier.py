@@ -62,7 +62,13 @@ def test_logits_and_scores_follow_the_head(clf):
     assert [s for _, s in prediction.top_k] == pytest.approx(probabilities.tolist(), rel=1e-4)
     assert prediction.to_dict() == {
         "image": "image 1",
-        "top_k": [{"label": label, "score": score} for label, score in prediction.top_k],
+        "label": labels[0],
+        "unknown": False,  # the tiny bundle has no calibrated threshold
+        "threshold": None,
+        "top_k": [
+            {"label": label, "score": score, "logit": logit}
+            for (label, score), logit in zip(prediction.top_k, prediction.logits, strict=True)
+        ],
     }
 
 

@@ -50,7 +50,7 @@ def test_register_classify_classes_remove(workdir):
     records = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["image"] for r in records] == ["queries/q1.png", "queries/q2.png"]
     assert [r["top_k"][0]["label"] for r in records] == ["Latin A", "beta"]
-    assert all(len(r["top_k"]) == 2 and set(r["top_k"][0]) == {"label", "score"} for r in records)
+    assert all(len(r["top_k"]) == 2 and set(r["top_k"][0]) == {"label", "score", "logit"} for r in records)
 
     table = run("classify", *common, "queries/q1.png", cwd=workdir).stdout
     assert "queries/q1.png" in table and "Latin A" in table
