@@ -1,7 +1,9 @@
 """Methods as sequences of training stages. A stage trains one `Method`; a later stage may start from an
 earlier stage's weights and/or learn from it as a frozen teacher (SKD generation 1 from generation 0,
 GRDD's meta-learner from its global learner). One `distilshot train` runs the whole sequence and keeps
-every stage's checkpoints.
+every stage's checkpoints. A stage that starts from a teacher trained on another backbone cannot take its
+weights; it starts from a twin of the teacher's stage trained on its own backbone (e.g. GRDD's ConvNet-4
+meta-learner taught by a ResNet-12 global learner starts from a ConvNet-4 global learner, as in the paper).
 
 `TrainRequest` is what the user asked for (method, dataset, backbone, preset, overrides); each stage's
 `TrainConfig` is derived from it through the presets of the stage's own method.
@@ -9,10 +11,11 @@ every stage's checkpoints.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from distilshot.errors import ConfigError
+from distilshot.train.checkpoint import read_checkpoint
 from distilshot.train.config import TrainConfig
 from distilshot.train.methods import method_params
 from distilshot.train.presets import preset_config
@@ -30,6 +33,11 @@ RECIPES: dict[str, tuple[Stage, ...]] = {
     "pretrain": (Stage("pretrain", "pretrain"),),
     "protonet": (Stage("protonet", "protonet"),),
     "bml": (Stage("bml", "bml"),),
+    # SKD: generation 1 starts as a copy of generation 0 and learns from it
+    "skd": (Stage("gen0", "skd-gen0"), Stage("gen1", "skd-gen1", teacher="gen0", init="gen0")),
+    # GRDD: the meta-learner starts from a global learner (the paper's "CL+GR": its stage-2 lr 1e-3 over 15
+    # epochs fine-tunes) and distils the frozen global learner's relatedness
+    "grdd": (Stage("global", "grdd-global"), Stage("meta", "grdd-meta", teacher="global", init="global")),
 }
 
 
@@ -44,7 +52,7 @@ class TrainRequest:
     overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields, for every stage
     params: dict[str, Any] = field(default_factory=dict)  # method parameters; "stage.key" targets one stage
     teacher_backbone: str | None = None  # backbone of the stages that teach (default: --backbone)
-    teacher: str | None = None  # a checkpoint that replaces the teaching stages
+    teacher: str | None = None  # a checkpoint that replaces the teaching stages (and sets teacher_backbone)
 
     def __post_init__(self) -> None:
         if self.method not in RECIPES:
@@ -53,15 +61,48 @@ class TrainRequest:
         unknown = set(self.overrides) - ({f.name for f in fields(TrainConfig)} - fixed)
         if unknown:
             raise ConfigError(f"unknown training options {sorted(unknown)}")
+        if self.teacher:
+            backbone = read_checkpoint(self.teacher)["spec"]["backbone"]
+            if self.teacher_backbone not in (None, backbone):
+                raise ConfigError(
+                    f"--teacher-backbone {self.teacher_backbone} contradicts --teacher {self.teacher}, "
+                    f"a {backbone} model"
+                )
+            self.teacher_backbone = backbone
         self._check_params()
+
+    def _twins(self) -> dict[str, Stage]:
+        """{teacher stage: its twin on the student's backbone}, for teachers that students start from
+        while the teachers' backbone differs from theirs."""
+        if not self.teacher_backbone or self.teacher_backbone == self.backbone:
+            return {}
+        recipe = RECIPES[self.method]
+        teachers = {s.teacher for s in recipe if s.teacher}
+        starts = {s.init for s in recipe if s.init}
+        return {
+            s.name: replace(s, name=f"{s.name}-{self.backbone}")
+            for s in recipe
+            if s.name in teachers & starts
+        }
 
     @property
     def stages(self) -> tuple[Stage, ...]:
-        return RECIPES[self.method]
+        """The recipe's stages, each twin run just before the first stage that starts from it."""
+        twins = self._twins()
+        stages: list[Stage] = []
+        for stage in RECIPES[self.method]:
+            if stage.init in twins:
+                twin = twins[stage.init]
+                if twin not in stages:
+                    stages.append(twin)
+                stage = replace(stage, init=twin.name)
+            stages.append(stage)
+        return tuple(stages)
 
     @property
     def teaching_stages(self) -> set[str]:
-        return {s.teacher for s in self.stages if s.teacher} | {s.init for s in self.stages if s.init}
+        """The stages other stages learn from as a frozen teacher: they get --teacher-backbone."""
+        return {s.teacher for s in self.stages if s.teacher}
 
     def skipped_stages(self) -> set[str]:
         """Stages a given --teacher checkpoint stands in for."""
@@ -81,8 +122,10 @@ class TrainRequest:
     def stage_params(self, stage: Stage) -> dict[str, Any]:
         accepted = method_params(stage.method)
         params = {k: v for k, v in self.params.items() if "." not in k and k in accepted}
-        prefix = stage.name + "."
-        params.update({k.removeprefix(prefix): v for k, v in self.params.items() if k.startswith(prefix)})
+        twin_of = {twin.name: name for name, twin in self._twins().items()}
+        for name in (twin_of.get(stage.name, stage.name), stage.name):  # a twin takes its original's too
+            prefix = f"{name}."
+            params.update({k.removeprefix(prefix): v for k, v in self.params.items() if k.startswith(prefix)})
         return params
 
     def stage_config(self, stage: Stage) -> TrainConfig:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distilshot.errors import ConfigError
 from distilshot.train.backbones import Backbone
 
 
@@ -61,9 +62,14 @@ class Method(nn.Module):
     def set_teacher(self, teacher: Method) -> None:
         """Attaches a frozen teacher. It is kept out of the module tree, so it is neither saved with the
         student, nor trained, nor switched to train mode; it follows the student across devices."""
-        teacher.eval().requires_grad_(False)
+        ours, theirs = self.backbone, teacher.backbone
+        if (theirs.in_channels, theirs.image_size) != (ours.in_channels, ours.image_size):
+            raise ConfigError(
+                f"a {teacher.name} teacher that takes {theirs.in_channels}-channel {theirs.image_size} px "
+                f"images cannot see this student's {ours.in_channels}-channel {ours.image_size} px batches"
+            )
         self.check_teacher(teacher)
-        self.__dict__["teacher"] = teacher
+        self.__dict__["teacher"] = teacher.eval().requires_grad_(False)
 
     def check_teacher(self, teacher: Method) -> None:
         """Raises ConfigError if `teacher` cannot teach this method."""
