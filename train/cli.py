@@ -10,7 +10,13 @@ import typer
 
 app = typer.Typer(add_completion=False)
 
-MethodOpt = Annotated[str, typer.Option(help="pretrain | protonet")]
+MethodOpt = Annotated[
+    str,
+    typer.Option(
+        help="pretrain | protonet | bml | skd (gen0 -> gen1 self-distillation) | grdd (global learner -> "
+        "relatedness-distilled meta-learner)"
+    ),
+]
 DatasetOpt = Annotated[
     str, typer.Option(help="omniglot | omniglot-vinyals | cifar-fs | fc100 | mini-imagenet | folder:PATH")
 ]
