@@ -1,0 +1,265 @@
+"""The Gradio demo over a FewShotClassifier: register classes from uploaded (or drawn) images, see and
+remove them, classify uploaded, pasted or drawn queries, and read the model card.
+
+It is a thin layer: every image goes through the classifier, which validates it like any other entry
+point; errors are shown in a status line and change nothing. Components that tests drive carry elem_ids.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+from fastapi import FastAPI
+from PIL import Image
+
+from distilshot.demo.examples import example_set
+from distilshot.errors import DistilshotError
+from distilshot.serve.classifier import FewShotClassifier
+from distilshot.serve.images import MAX_BYTES
+
+TOP_K = 5
+GALLERY_LIMIT = 200  # classes shown in the gallery; the API lists all of them
+CANVAS = (280, 280)
+
+
+def draws_characters(classifier: FewShotClassifier) -> bool:
+    """Character models (Omniglot) get a sketchpad for support and query images."""
+    return classifier.manifest.dataset.startswith("omniglot")
+
+
+def model_card(classifier: FewShotClassifier) -> str:
+    info = classifier.info()
+    lines = [
+        f"**Model** `{info['name']}` — method **{info['method']}**, backbone **{info['backbone']}**, "
+        f"trained on **{info['dataset']}**; engine {info['engine']}; bundle fingerprint "
+        f"`{info['fingerprint'][:12]}`",
+    ]
+    metrics = info["metrics"]
+    if metrics:
+        shown = []
+        for key, value in metrics.items():
+            if isinstance(value, dict) and "accuracy" in value:
+                accuracy = 100 * float(value["accuracy"])
+                ci = value.get("ci95")
+                shown.append(f"{key}: {accuracy:.2f}%" + (f" ± {100 * float(ci):.2f}" if ci else ""))
+        lines.append("**Accuracy** (held-out classes) — " + "; ".join(shown))
+    rejection = info["rejection"]
+    if rejection:
+        lines.append(
+            f"**Unknown** below logit {rejection['threshold']:.3g}: accepts "
+            f"{100 * rejection['known_accepted']:.1f}% of queries of registered classes and rejects "
+            f"{100 * rejection['unknown_rejected']:.1f}% of others ({rejection['protocol']})"
+        )
+    else:
+        lines.append("**Unknown**: this bundle has no calibrated threshold, so every query gets a class")
+    return "\n\n".join(lines)
+
+
+def _drawing(value: Any) -> Image.Image | None:
+    """The sketchpad's composite as a greyscale image, or None if nothing is drawn."""
+    if value is None:
+        return None
+    composite = value.get("composite") if isinstance(value, dict) else value
+    if composite is None:
+        return None
+    image = composite if isinstance(composite, Image.Image) else Image.fromarray(np.asarray(composite))
+    image = image.convert("L")
+    return None if np.asarray(image).min() == 255 else image
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def build_demo(classifier: FewShotClassifier) -> gr.Blocks:
+    sketch = draws_characters(classifier)
+    examples = example_set(classifier.manifest.dataset)
+
+    def gallery() -> list[tuple[Image.Image, str]]:
+        items = []
+        for info in classifier.classes()[:GALLERY_LIMIT]:
+            try:
+                first = classifier.shots(info.name)[0]
+                png = classifier.thumbnail(info.name, first.id)
+            except DistilshotError:  # removed meanwhile by another client
+                continue
+            items.append((Image.open(io.BytesIO(png)), f"{info.name} ({info.shots} shots)"))
+        return items
+
+    def class_names() -> gr.Dropdown:
+        return gr.Dropdown(choices=[c.name for c in classifier.classes()], value=None)
+
+    def refresh() -> tuple[list, gr.Dropdown, str]:
+        count = len(classifier.classes())
+        return gallery(), class_names(), f"{count} classes registered"
+
+    def register(name: str, files: list[str] | None, drawings: list[bytes]) -> tuple:
+        """Outputs: files, drawings, class name, gallery, remove choice, status (+ drawing previews)."""
+        sources: list[Any] = [Path(f) for f in files or []]
+        names = [Path(f).name for f in files or []] + [f"drawing {i + 1}" for i in range(len(drawings))]
+        sources += [bytes(d) for d in drawings]
+        try:
+            if not sources:
+                raise DistilshotError("upload or draw at least one support image")
+            info = classifier.register(name, sources, names=names)
+            status = f"registered **{info.name}** with {info.shots} images"
+            cleared: tuple = (None, [], "")
+            previews: tuple = ([],)
+        except DistilshotError as error:
+            status = f"**error:** {error}"
+            cleared = (gr.skip(), gr.skip(), gr.skip())
+            previews = (gr.skip(),)
+        return (*cleared, *refresh()[:2], status, *(previews if sketch else ()))
+
+    def add_drawing(value: Any, drawings: list[bytes]) -> tuple:
+        image = _drawing(value)
+        if image is None:
+            return gr.skip(), drawings, [Image.open(io.BytesIO(d)) for d in drawings], "draw something first"
+        drawings = [*drawings, _png(image)]
+        previews = [Image.open(io.BytesIO(d)) for d in drawings]
+        return None, drawings, previews, f"{len(drawings)} drawings ready to register"
+
+    def remove(name: str | None) -> tuple:
+        try:
+            if not name:
+                raise DistilshotError("choose a class to remove")
+            classifier.remove(name)
+            status = f"removed **{name}**"
+        except DistilshotError as error:
+            status = f"**error:** {error}"
+        return (*refresh()[:2], status)
+
+    def load_examples() -> tuple:
+        assert examples is not None
+        present = {c.name for c in classifier.classes()}
+        missing = {name: files for name, files in examples.support.items() if name not in present}
+        try:
+            if missing:
+                classifier.register_many(missing)
+            status = f"registered {len(missing)} example classes ({len(examples.support)} in the set)"
+        except DistilshotError as error:
+            status = f"**error:** {error}"
+        return (*refresh()[:2], status)
+
+    def classify(upload: str | None, drawn: Any) -> tuple:
+        drawing = _drawing(drawn) if sketch else None
+        try:
+            if upload is None and drawing is None:
+                raise DistilshotError("upload, paste or draw a query image first")
+            source: Any = Path(upload) if upload is not None else drawing
+            name = Path(upload).name if upload is not None else "drawing"
+            (prediction,) = classifier.classify([source], TOP_K, names=[name], nearest=True)
+        except DistilshotError as error:
+            return f"**error:** {error}", None, []
+        answer = "unknown" if prediction.label is None else prediction.label
+        detail = (
+            f" (best logit {prediction.logits[0]:.3g} is below the threshold {prediction.threshold:.3g})"
+            if prediction.unknown
+            else ""
+        )
+        nearest = []
+        for (label, score), shot in zip(prediction.top_k, prediction.nearest, strict=True):
+            if shot is not None:
+                try:
+                    png = classifier.thumbnail(label, shot)
+                except DistilshotError:
+                    continue
+                nearest.append((Image.open(io.BytesIO(png)), f"{label}: {score:.2f}"))
+        return f"Answer: {answer}{detail}", dict(prediction.top_k), nearest
+
+    with gr.Blocks(title="distilshot demo") as blocks:
+        gr.Markdown("# distilshot — few-shot image classification")
+        gr.Markdown(model_card(classifier), elem_id="model-card")
+        status = gr.Markdown("", elem_id="status")
+        drawings = gr.State([])
+        with gr.Tab("Register classes"):
+            with gr.Row():
+                with gr.Column():
+                    class_name = gr.Textbox(label="Class name", elem_id="class-name")
+                    files = gr.File(
+                        label="Support images",
+                        file_count="multiple",
+                        file_types=["image"],
+                        type="filepath",
+                        elem_id="support-files",
+                    )
+                    register_button = gr.Button("Register class", variant="primary", elem_id="register")
+                if sketch:
+                    with gr.Column():
+                        support_pad = gr.Sketchpad(
+                            label="…or draw support images: draw, add, repeat (three is a good start)",
+                            type="pil",
+                            image_mode="L",
+                            canvas_size=CANVAS,
+                            fixed_canvas=True,
+                            brush=gr.Brush(colors=["#000000"], default_size=8, color_mode="fixed"),
+                            layers=False,
+                            transforms=(),
+                        )
+                        add_button = gr.Button("Add drawing")
+                        drawn = gr.Gallery(label="Drawings to register", columns=6, height=120)
+            with gr.Row():
+                classes = gr.Gallery(label="Registered classes", columns=8, height=260, elem_id="classes")
+            with gr.Row():
+                remove_choice = gr.Dropdown(label="Class to remove", choices=[], elem_id="remove-choice")
+                remove_button = gr.Button("Remove class", elem_id="remove")
+                if examples is not None:
+                    example_button = gr.Button(f"Load the example set ({examples.description})")
+        with gr.Tab("Classify"):
+            with gr.Row():
+                query = gr.Image(
+                    label="Query image (upload or paste)",
+                    type="filepath",
+                    sources=["upload", "clipboard"],
+                    elem_id="query",
+                )
+                if sketch:
+                    query_pad = gr.Sketchpad(
+                        label="…or draw a query",
+                        type="pil",
+                        image_mode="L",
+                        canvas_size=CANVAS,
+                        fixed_canvas=True,
+                        brush=gr.Brush(colors=["#000000"], default_size=8, color_mode="fixed"),
+                        layers=False,
+                        transforms=(),
+                    )
+            classify_button = gr.Button("Classify", variant="primary", elem_id="classify")
+            answer = gr.Markdown("", elem_id="answer")
+            with gr.Row():
+                confidences = gr.Label(label="Top classes", num_top_classes=TOP_K)
+                nearest = gr.Gallery(label="Nearest support images", columns=TOP_K, height=160)
+            if examples is not None and examples.queries:
+                gr.Examples([[str(q)] for q in examples.queries], inputs=[query], label="Example queries")
+
+        previews = [drawn] if sketch else []
+        register_button.click(
+            register,
+            inputs=[class_name, files, drawings],
+            outputs=[files, drawings, class_name, classes, remove_choice, status, *previews],
+        )
+        if sketch:
+            add_button.click(
+                add_drawing, inputs=[support_pad, drawings], outputs=[support_pad, drawings, drawn, status]
+            )
+        remove_button.click(remove, inputs=[remove_choice], outputs=[classes, remove_choice, status])
+        if examples is not None:
+            example_button.click(load_examples, outputs=[classes, remove_choice, status])
+        classify_button.click(
+            lambda upload, *pad: classify(upload, pad[0] if pad else None),
+            inputs=[query, *([query_pad] if sketch else [])],
+            outputs=[answer, confidences, nearest],
+        )
+        blocks.load(refresh, outputs=[classes, remove_choice, status])
+    return blocks
+
+
+def mount_demo(app: FastAPI, classifier: FewShotClassifier, path: str = "/demo") -> FastAPI:
+    """Mounts the demo on an API app (one process, one classifier)."""
+    return gr.mount_gradio_app(app, build_demo(classifier), path=path, max_file_size=MAX_BYTES)
