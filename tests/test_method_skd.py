@@ -1,0 +1,190 @@
+"""SKD: each loss against a value worked out by hand, the teacher checks, generation 1's loss falling on a
+real mini-batch, export parity of the exported generation, and the two-generation recipe from the CLI."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from method_runs import cli, omniglot_folder
+from torch import nn
+
+from distilshot.errors import ConfigError
+from distilshot.train.backbones.base import Backbone
+from distilshot.train.checkpoint import load_model, save_checkpoint
+from distilshot.train.data.registry import load_split
+from distilshot.train.methods.base import Batch
+from distilshot.train.methods.pretrain import Pretrain
+from distilshot.train.methods.protonet import ProtoNet
+from distilshot.train.methods.skd import SKDGen0, SKDGen1, distillation_kl, rotation_bce, twin_distance
+from distilshot.train.pipeline import model_spec
+from distilshot.train.presets import preset_config
+from distilshot.train.samplers import RandomBatchSampler
+from distilshot.train.trainer import BatchMaker
+
+
+def identity_backbone(channels: int, size: int) -> Backbone:
+    """Embedding = the flattened input pixels, so losses can be worked out by hand."""
+    return Backbone([nn.Identity()], pooling="flatten", in_channels=channels, image_size=size)
+
+
+def pick_first_pixels(method: SKDGen0 | SKDGen1, weight: list[list[float]]) -> None:
+    with torch.no_grad():
+        method.classifier.weight.copy_(torch.tensor(weight))
+        method.classifier.bias.zero_()
+
+
+def test_rotation_bce_by_hand() -> None:
+    # one image at rotation 0 with rotation logits (2, 0, 0, 0): -log sigmoid(2) once, -log(1/2) three times
+    value = rotation_bce(torch.tensor([[2.0, 0.0, 0.0, 0.0]]), torch.tensor([0]))
+    assert value.item() == pytest.approx((math.log1p(math.exp(-2.0)) + 3 * math.log(2.0)) / 4, rel=1e-6)
+
+
+def test_distillation_kl_at_temperature_two_by_hand() -> None:
+    # teacher logits (2, 0) / T = (1, 0): p_t = (e, 1) / (e + 1); student (0, 0): p_s = (1/2, 1/2)
+    p = math.e / (math.e + 1)
+    kl = p * math.log(2 * p) + (1 - p) * math.log(2 * (1 - p))
+    value = distillation_kl(torch.tensor([[0.0, 0.0]]), torch.tensor([[2.0, 0.0]]), temperature=2.0)
+    assert value.item() == pytest.approx(4 * kl, rel=1e-6)  # times T^2 = 4
+
+
+def test_twin_distance_is_the_mean_euclidean_distance() -> None:
+    logits = torch.tensor([[3.0, 4.0], [1.0, 1.0]])
+    twins = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    assert twin_distance(logits, twins).item() == pytest.approx((5.0 + 0.0) / 2)
+
+
+def test_generation_zero_loss_by_hand() -> None:
+    method = SKDGen0(identity_backbone(1, 2), num_classes=2, alpha=2.0)
+    pick_first_pixels(method, [[1.0, 0, 0, 0], [0, 1.0, 0, 0]])
+    rotation_weight = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    with torch.no_grad():
+        method.rotation_head.weight.copy_(torch.from_numpy(rotation_weight).float())
+        method.rotation_head.bias.zero_()
+    image = np.array([[2.0, 0.0], [0.0, 0.0]])
+    out = method.loss(Batch(torch.tensor(image).float().view(1, 1, 2, 2), torch.tensor([0])))
+    ce, bce = [], []
+    for k in range(4):  # np.rot90 turns the same way as the method's rotations
+        logits = np.rot90(image, k).ravel()[:2]
+        ce.append(np.log(np.exp(logits).sum()) - logits[0])
+        r = rotation_weight @ logits
+        target = np.eye(4)[k]
+        bce.append(np.mean(np.log1p(np.exp(-r)) * target + np.log1p(np.exp(r)) * (1 - target)))
+    assert out.loss.item() == pytest.approx(np.mean(ce) + 2.0 * np.mean(bce), rel=1e-6)
+    assert out.metrics["ce"] == pytest.approx(np.mean(ce), rel=1e-6)
+
+
+def test_generation_one_loss_by_hand() -> None:
+    student = SKDGen1(identity_backbone(1, 2), num_classes=2, beta=0.5, temperature=2.0)
+    pick_first_pixels(student, [[1.0, 0, 0, 0], [0, 1.0, 0, 0]])  # logits = the top row
+    teacher = SKDGen0(identity_backbone(1, 2), num_classes=2)
+    pick_first_pixels(teacher, [[0, 0, 1.0, 0], [0, 0, 0, 1.0]])  # logits = the bottom row
+    student.set_teacher(teacher)
+    image = torch.tensor([[[[1.0, 2.0], [3.0, 5.0]]]])
+    out = student.loss(Batch(image, torch.tensor([1])))
+    # student (1, 2); its 180-degree twin [[5, 3], [2, 1]] gives (5, 3); teacher (3, 5)
+    s, t = np.array([1.0, 2.0]) / 2, np.array([3.0, 5.0]) / 2
+    p_s, p_t = np.exp(s) / np.exp(s).sum(), np.exp(t) / np.exp(t).sum()
+    kl = 4 * np.sum(p_t * np.log(p_t / p_s))
+    twin = math.hypot(5.0 - 1.0, 3.0 - 2.0)
+    assert out.loss.item() == pytest.approx(kl + 0.5 * twin, rel=1e-6)
+    assert (out.metrics["kd"], out.metrics["twin"]) == pytest.approx((kl, twin), rel=1e-5)
+
+
+def test_generation_one_needs_class_logits_over_its_classes() -> None:
+    student = SKDGen1(identity_backbone(1, 2), num_classes=2)
+    with pytest.raises(ConfigError, match="teacher has no linear classifier"):
+        student.set_teacher(ProtoNet(identity_backbone(1, 2), num_classes=2))
+    with pytest.raises(ConfigError, match="over 3 classes"):
+        student.set_teacher(Pretrain(identity_backbone(1, 2), num_classes=3))
+    with pytest.raises(ConfigError, match="3-channel 2 px"):
+        student.set_teacher(Pretrain(identity_backbone(3, 2), num_classes=2))
+    assert student.teacher is None
+    teacher = Pretrain(identity_backbone(1, 2), num_classes=2).train()
+    student.set_teacher(teacher)
+    assert student.teacher is teacher and not teacher.training
+    assert "teacher" not in "".join(student.state_dict())
+
+
+@pytest.fixture(scope="module")
+def omniglot_train():
+    return load_split("omniglot", "train")
+
+
+def taught_student(omniglot_train):
+    """A generation-1 student with a generation-0 teacher (other initial weights) and a real batch."""
+    cfg = preset_config("skd-gen1", "omniglot", "quick")
+    spec = model_spec(cfg, omniglot_train.num_classes)
+    student = spec.build(seed=0).train()
+    teacher_spec = model_spec(preset_config("skd-gen0", "omniglot", "quick"), omniglot_train.num_classes)
+    student.set_teacher(teacher_spec.build(seed=1))
+    indices = next(iter(RandomBatchSampler(len(omniglot_train.labels), 32, seed=0, batches=1)))
+    batch = BatchMaker(omniglot_train, spec, "none", torch.device("cpu"))(
+        indices, torch.Generator().manual_seed(0)
+    )
+    return student, spec, batch
+
+
+def test_generation_one_loss_decreases_on_a_real_mini_batch(omniglot_train) -> None:
+    torch.manual_seed(0)
+    student, _, batch = taught_student(omniglot_train)
+    optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(15):
+        loss = student.loss(batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_generation_one_export_parity(omniglot_train, tmp_path: Path) -> None:
+    from distilshot.export.bundle import write_bundle
+    from distilshot.export.parity import check_parity
+
+    torch.manual_seed(0)
+    student, spec, batch = taught_student(omniglot_train)
+    optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
+    for _ in range(5):  # moves the BatchNorm statistics away from their initial values
+        optimizer.zero_grad()
+        student.loss(batch).loss.backward()
+        optimizer.step()
+    bundle, manifest = write_bundle(student.eval(), spec, tmp_path / "bundle")
+    assert manifest.head.metric == "cosine"
+    report = check_parity(student, spec, bundle, load_split("omniglot", "test"), episodes=30)
+    assert report.identical and max(report.max_abs_diff.values()) < 1e-4, report
+
+
+def test_skd_recipe_end_to_end(tmp_path: Path) -> None:
+    data = omniglot_folder(tmp_path / "glyphs")
+    run = tmp_path / "run"
+    args = f"--dataset folder:{data} --image-size 16 --epochs 1 --steps-per-epoch 2 --device cpu"
+    result = cli("train", "--method", "skd", *args.split(), "--run-dir", run, "--json")
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert list(summary["stages"]) == ["gen0", "gen1"]
+    gen0, gen1 = (Path(summary["stages"][s]) for s in ("gen0", "gen1"))
+    assert gen0 == run / "gen0" / "checkpoints" / "best.pt" and gen0.is_file()
+    assert (run / "checkpoints" / "best.pt").read_bytes() == gen1.read_bytes()
+    model, spec, _ = load_model(run / "checkpoints" / "best.pt")
+    assert spec.method == "skd-gen1" and model.teacher is None
+
+    # a checkpoint without class logits cannot teach generation 1: a one-line error before any training
+    proto = model_spec(preset_config("protonet", f"folder:{data}", "quick", image_size=16), 6)
+    save_checkpoint(tmp_path / "protonet.pt", proto, proto.build(seed=0))
+    refused = tmp_path / "refused"
+    result = cli(
+        "train",
+        "--method",
+        "skd",
+        *args.split(),
+        "--teacher",
+        tmp_path / "protonet.pt",
+        "--run-dir",
+        refused,
+        ok=False,
+    )
+    assert "linear classifier" in result.stderr
+    assert not list(refused.glob("*/checkpoints/*.pt"))
