@@ -26,7 +26,7 @@ install: $(STAMP) $(CHROMIUM)
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "distilshot needs Python 3.11")'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[train,cpu,demo,dev]'
+	$(BIN)/pip install --quiet -e '.[train,cpu,openvino,demo,dev]'
 	@touch $@
 
 # The demo's browser test drives Debian's chromium through Playwright (never `playwright install`).

@@ -56,16 +56,91 @@ def _report(outcome: object, json_output: bool, extra: dict[str, object] | None 
 
 @app.command()
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="checkpoint written by distilshot train")],
+    checkpoint: Annotated[
+        Path | None, typer.Argument(help="checkpoint written by distilshot train (or give --bundle)")
+    ] = None,
+    bundle: Annotated[Path | None, typer.Option(help="add formats to this existing bundle instead")] = None,
+    to: Annotated[
+        str,
+        typer.Option(
+            help="formats, comma-separated: onnx (the bundle itself), int8, openvino, tensorrt, triton"
+        ),
+    ] = "onnx",
     out: Annotated[Path | None, typer.Option(help="bundle folder (default: <run>/bundle)")] = None,
-    parity_episodes: Annotated[int, typer.Option(help="episodes of the parity check")] = 50,
+    parity_episodes: Annotated[int, typer.Option(help="episodes of the PyTorch parity check")] = 50,
+    check_episodes: Annotated[int, typer.Option(help="evaluation episodes of each format's check")] = 1000,
+    calibration_images: Annotated[int, typer.Option(help="training images that calibrate int8")] = 300,
+    max_int8_drop: Annotated[float, typer.Option(help="5-way 1-shot points int8 may lose")] = 1.0,
     overwrite: Annotated[bool, typer.Option(help="replace an existing bundle folder")] = False,
     json_output: JsonOpt = False,
 ) -> None:
-    """Export a checkpoint to a bundle (ONNX embedder + manifest.json) and check parity on real images."""
-    from distilshot.export.pipeline import export_checkpoint
+    """Export a checkpoint to a bundle (ONNX embedder + manifest.json, checked against PyTorch on real
+    images) and/or add deployment formats to a bundle, each checked on the evaluation episodes."""
+    from distilshot.errors import DistilshotError
+    from distilshot.export.formats import add_formats, parse_formats
 
-    _report(export_checkpoint(checkpoint, out, parity_episodes, overwrite), json_output)
+    formats = parse_formats(to)
+    if (checkpoint is None) == (bundle is None):
+        raise DistilshotError("give a CHECKPOINT to export, or --bundle to add formats to, not both")
+    if bundle is not None and formats == ["onnx"]:
+        raise DistilshotError(f"{bundle} already has its ONNX graph; say which formats to add with --to")
+    if check_episodes < 2 or calibration_images < 1:
+        raise DistilshotError("--check-episodes must be at least 2 and --calibration-images at least 1")
+    if checkpoint is not None:
+        from distilshot.export.pipeline import export_checkpoint
+
+        outcome = export_checkpoint(checkpoint, out, parity_episodes, overwrite)
+        bundle = outcome.bundle
+        _report(outcome, json_output)
+    reports = add_formats(
+        bundle,
+        formats,
+        episodes=check_episodes,
+        calibration_images=calibration_images,
+        max_drop=max_int8_drop,
+    )
+    if reports:
+        _print_formats(bundle, reports, json_output)
+
+
+def _print_formats(bundle: Path, reports: list, json_output: bool) -> None:
+    if json_output:
+        for report in reports:
+            typer.echo(json.dumps({"bundle": str(bundle), **report.to_dict()}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"formats added to {bundle}", title_justify="left")
+    for column in ("format", "files", "check", "result"):
+        table.add_column(column, overflow="fold")
+    for report in reports:
+        rows = [_check_row(c) for c in report.checks] or [("", "")]
+        for i, (check, result) in enumerate(rows):
+            table.add_row(
+                report.format if i == 0 else "", "\n".join(report.files) if i == 0 else "", check, result
+            )
+    console = Console()
+    console.print(table)
+    for report in reports:
+        for note in report.notes:
+            console.print(f"{report.format}: {note}", markup=False)
+
+
+def _check_row(check: dict) -> tuple[str, str]:
+    if "agreement" in check:
+        return (
+            f"{check['candidate']} vs {check['reference']}, {check['n_way']}-way {check['k_shot']}-shot",
+            f"agree {100 * check['agreement']:.2f}%, accuracy {check['candidate_accuracy']:.2f} vs "
+            f"{check['reference_accuracy']:.2f} (drop {check['drop']:+.2f}), "
+            f"max |diff| {check['max_abs_diff']:.1e}",
+        )
+    if check.get("check") == "tensorrt-offline":
+        ops = ", ".join(f"{k} x{v}" for k, v in check["operators"].items())
+        return f"TensorRT ops and shapes, {check['graph']}", f"ok: {ops}" if not check[
+            "problems"
+        ] else "; ".join(check["problems"])
+    return check.get("check", ""), ", ".join(f"{k}: {v}" for k, v in check.items() if k != "check")
 
 
 @app.command(name="train-export")

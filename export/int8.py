@@ -1,0 +1,118 @@
+"""INT8: static quantization of the fp32 graph into Q/DQ form with ONNX Runtime's quantizer, as TensorRT
+wants it (symmetric int8 activations and weights, i.e. zero points 0; per-channel weights; float biases),
+calibrated on a few hundred training-split images of the base classes; then the accuracy of the int8 graph
+against the fp32 one on the same evaluation episodes. The same graph runs on ONNX Runtime, OpenVINO and
+TensorRT."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from distilshot.errors import DistilshotError
+from distilshot.export.bundle_edit import BundleEdit
+from distilshot.export.engine_parity import compare_engines
+from distilshot.export.formats import FormatReport
+from distilshot.serve.engines.onnxruntime_engine import OnnxRuntimeEngine
+from distilshot.serve.images import normalise
+from distilshot.serve.manifest import Graph, Manifest
+from distilshot.train.data.registry import load_split
+
+ROLE = "embedder-int8"
+FILE = "embedder-int8.onnx"
+CALIBRATION_IMAGES = 300
+CALIBRATION_BATCH = 50
+MAX_DROP = 1.0  # accuracy points (5-way 1-shot) the int8 graph may lose before export refuses it
+
+
+def calibration_batch(manifest: Manifest, count: int = CALIBRATION_IMAGES, seed: int = 0) -> np.ndarray:
+    """`count` images of the training split (base classes, never the evaluation ones), normalised."""
+    data = load_split(manifest.dataset, "train", manifest.preprocessing.height)
+    rows = np.sort(np.random.default_rng(seed).choice(len(data.labels), min(count, len(data.labels)), False))
+    return normalise(data.images[rows], manifest.preprocessing)
+
+
+def quantize_graph(source: Path, target: Path, calibration: np.ndarray, input_name: str) -> None:
+    """Writes the Q/DQ int8 version of the ONNX graph `source` to `target`."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches: Iterator[np.ndarray] = iter(
+                calibration[i : i + CALIBRATION_BATCH] for i in range(0, len(calibration), CALIBRATION_BATCH)
+            )
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self._batches, None)
+            return None if batch is None else {input_name: batch}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared))  # shape inference + graph clean-up, as ORT advises
+        quantize_static(
+            str(prepared),
+            str(target),
+            Batches(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={
+                "ActivationSymmetric": True,  # TensorRT takes zero points of 0 only
+                "WeightSymmetric": True,
+                "QuantizeBias": False,  # TensorRT dequantizes int8 only, not int32 biases
+            },
+        )
+    onnx.checker.check_model(str(target), full_check=True)
+
+
+def add(
+    bundle: Path,
+    calibration_images: int = CALIBRATION_IMAGES,
+    episodes: int = 1000,
+    max_drop: float = MAX_DROP,
+    **_: object,
+) -> FormatReport:
+    """Adds the int8 graph to `bundle`; refuses (bundle unchanged) if it loses more than `max_drop`
+    points of 5-way 1-shot accuracy against the fp32 graph on the evaluation episodes."""
+    with BundleEdit(bundle) as edit:
+        manifest = edit.manifest
+        embedder = manifest.embedder
+        quantize_graph(
+            bundle / embedder.file,
+            edit.staging / FILE,
+            calibration_batch(manifest, calibration_images),
+            embedder.input,
+        )
+        graph = Graph(FILE, embedder.input, embedder.outputs, precision="int8")
+        preview = edit.preview({ROLE: graph})
+        fp32 = OnnxRuntimeEngine(bundle, preview)
+        int8 = OnnxRuntimeEngine(bundle, preview, precision="int8")
+        data = load_split(manifest.dataset, "test", manifest.preprocessing.height)
+        checks = compare_engines(fp32, int8, preview, data, episodes=episodes)
+        if checks[0].drop > max_drop:
+            raise DistilshotError(
+                f"the int8 graph loses {checks[0].drop:.2f} points of 5-way 1-shot accuracy "
+                f"({checks[0].candidate_accuracy:.2f}% vs {checks[0].reference_accuracy:.2f}% fp32), more "
+                f"than the allowed {max_drop}; the bundle is unchanged"
+            )
+        metrics = {f"{ROLE} vs embedder {c.n_way}-way {c.k_shot}-shot": c.to_dict() for c in checks}
+        new = edit.commit({ROLE: graph}, metrics)
+    return FormatReport(
+        "int8",
+        files=[new.graphs[ROLE].file],
+        checks=[c.to_dict() for c in checks],
+        notes=[f"calibrated on {calibration_images} {manifest.dataset}/train images (MinMax, symmetric)"],
+    )

@@ -1,0 +1,74 @@
+"""OpenVINO IR: the bundle's fp32 graph and, if present, its int8 Q/DQ graph converted to OpenVINO's own
+format (.xml + .bin, weights kept in fp32), so the OpenVINO backend skips the ONNX import at start-up.
+Each IR computes what its ONNX source computes and shares its fingerprint; the check runs both on the
+same evaluation episodes (OpenVINO vs ONNX Runtime) and refuses an IR whose predictions disagree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from distilshot.errors import DistilshotError
+from distilshot.export.bundle_edit import BundleEdit
+from distilshot.export.engine_parity import compare_engines
+from distilshot.export.formats import FormatReport
+from distilshot.serve.engines.onnxruntime_engine import OnnxRuntimeEngine
+from distilshot.serve.engines.openvino_engine import INSTALL_HINT, OpenVinoEngine
+from distilshot.serve.manifest import Graph
+from distilshot.train.data.registry import load_split
+
+ROLES = {"fp32": "embedder-openvino", "int8": "embedder-int8-openvino"}
+# least fraction of evaluation queries OpenVINO must classify as ONNX Runtime does, per precision: fp32
+# differs by float rounding only; int8 kernels may round a value to the neighbouring quantization step
+MIN_AGREEMENT = {"fp32": 0.999, "int8": 0.98}
+
+
+def add(bundle: Path, episodes: int = 1000, **_: object) -> FormatReport:
+    try:
+        import openvino as ov
+    except ImportError:
+        raise DistilshotError(f"openvino is not installed: {INSTALL_HINT}") from None
+    with BundleEdit(bundle) as edit:
+        manifest = edit.manifest
+        graphs = {}
+        for precision, role in ROLES.items():
+            source_role = manifest.role_for(precision, "onnx")
+            if source_role is None:
+                continue
+            source = manifest.graphs[source_role]
+            model = ov.convert_model(str(bundle / source.file))
+            # save_model halves weights to fp16 by default; the IR must compute what its source computes
+            ov.save_model(model, str(edit.staging / f"{role}.xml"), compress_to_fp16=False)
+            graphs[role] = Graph(
+                f"{role}.xml",
+                source.input,
+                source.outputs,
+                precision=precision,
+                format="openvino",
+                source=source_role,
+                weights=f"{role}.bin",
+            )
+        preview = edit.preview(graphs)
+        data = load_split(manifest.dataset, "test", manifest.preprocessing.height)
+        checks = []
+        for role, graph in graphs.items():
+            reference = OnnxRuntimeEngine(bundle, preview, precision=graph.precision)
+            candidate = OpenVinoEngine(bundle, preview, precision=graph.precision)
+            for check in compare_engines(reference, candidate, preview, data, episodes=episodes):
+                if check.agreement < MIN_AGREEMENT[graph.precision]:
+                    raise DistilshotError(
+                        f"OpenVINO's {role} agrees with ONNX Runtime on only {100 * check.agreement:.2f}% of "
+                        f"the evaluation queries ({check.protocol}); the bundle is unchanged"
+                    )
+                checks.append(check)
+        metrics = {
+            f"{c.candidate} vs {c.reference} {c.n_way}-way {c.k_shot}-shot": c.to_dict() for c in checks
+        }
+        new = edit.commit(graphs, metrics)
+    return FormatReport(
+        "openvino",
+        files=[f for g in graphs for f in (new.graphs[g].file, new.graphs[g].weights) if f],
+        checks=[c.to_dict() for c in checks],
+        notes=[
+            f"OpenVINO {ov.__version__}; weights kept fp32; the CPU plugin runs at f32 inference precision"
+        ],
+    )
