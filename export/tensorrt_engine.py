@@ -235,5 +235,5 @@ def add(bundle: Path, episodes: int = 1000, **_: object) -> FormatReport:
         "tensorrt",
         files=[new.graphs[ROLE].file],
         checks=[c.to_dict() for c in offline] + [c.to_dict() for c in checks],
-        notes=[f"operators checked against TensorRT {supported_ops()['tensorrt']}'s ONNX operator list", *notes],
+        notes=[f"ONNX operators checked against TensorRT {supported_ops()['tensorrt']}'s list", *notes],
     )
