@@ -142,7 +142,7 @@ _METHOD: dict[tuple[str, str], dict[str, Any]] = {
     },
     # GRDD (Zhou et al. 2021, section 4.1): SGD, wd 5e-4 (momentum unstated: RFS's 0.9), batch 64, 90 epochs,
     # 'poly' decay with power 0.9. The initial rate is 5e-2 in section 3.2.1 but 1e-1 in section 4.1; we use
-    # 5e-2 (the rate stated with the loss, Eq. 5-7): pass --lr 0.1 for the other reading.
+    # 5e-2, the rate stated with the loss (Eq. 5-7); --lr would change the meta-learner's too.
     ("grdd-global", "paper"): {
         **_SGD_RFS,
         "lr": 0.05,
