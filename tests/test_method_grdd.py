@@ -226,3 +226,10 @@ def test_grdd_recipe_end_to_end_with_a_resnet12_teacher(tmp_path: Path) -> None:
     }
     assert (run / "checkpoints" / "best.pt").read_bytes() == Path(summary["stages"]["meta"]).read_bytes()
     assert all((run / name / "checkpoints" / "best.pt").is_file() for name in summary["stages"])
+
+    # any checkpoint with an embedding can stand in for the global learner, here a (fresh) ProtoNet
+    proto = model_spec(preset_config("protonet", f"folder:{data}", "quick", image_size=16), 6)
+    save_checkpoint(tmp_path / "protonet.pt", proto, proto.build(seed=0))
+    result = cli("train", "--method", "grdd", *args.split(), "--teacher", tmp_path / "protonet.pt",
+                 "--run-dir", tmp_path / "given", "--json")  # fmt: skip
+    assert list(json.loads(result.stdout.splitlines()[-1])["stages"]) == ["meta"]
