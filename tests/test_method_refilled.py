@@ -91,3 +91,39 @@ def test_loss_decreases_on_a_real_batch(method: str) -> None:
         optimizer.step()
         losses.append(out.loss.item())
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_compress_recipe_runs_end_to_end(tmp_path) -> None:
+    """distilshot train --method refilled: a MobileNet-0.25 student from a ConvNet-4 teacher, three stages."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    distilshot = str(Path(sys.executable).with_name("distilshot"))
+    args = [
+        "train",
+        "--method",
+        "refilled",
+        "--dataset",
+        "omniglot",
+        "--backbone",
+        "mobilenet-0.25",
+        "--teacher-backbone",
+        "convnet4",
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "2",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--json",
+    ]
+    result = subprocess.run([distilshot, *args], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert list(summary["stages"]) == ["teacher", "embed", "classify"]
+    teacher = torch.load(summary["stages"]["teacher"], weights_only=True)
+    student = torch.load(summary["checkpoint"], weights_only=True)
+    assert teacher["spec"]["backbone"] == "convnet4" and student["spec"]["backbone"] == "mobilenet-0.25"
+    assert student["spec"]["method"] == "refilled-classify"

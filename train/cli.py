@@ -14,7 +14,7 @@ MethodOpt = Annotated[
     str,
     typer.Option(
         help="pretrain | protonet | bml | skd (gen0 -> gen1 self-distillation) | grdd (global learner -> "
-        "relatedness-distilled meta-learner)"
+        "relatedness-distilled meta-learner) | refilled (teacher -> distilled small student)"
     ),
 ]
 DatasetOpt = Annotated[

@@ -191,6 +191,50 @@ _METHOD: dict[tuple[str, str], dict[str, Any]] = {
         "n_query": 15,
         "rotated_classes": False,
     },
+    # REFILLED (supplement 2.1, cross-task): both steps SGD momentum 0.9, batch 128, 200 epochs, lr 0.1 times
+    # 0.2 every 50 epochs, teacher temperature 2, lambda 0.01 decaying by exp(-0.05) per epoch. Batches are
+    # class-balanced (16 classes x 8) so that every anchor has neighbours for its triplets.
+    ("refilled-embed", "paper"): {
+        **_SGD_RFS,
+        "lr": 0.1,
+        "schedule": "step",
+        "milestones": [50, 100, 150],
+        "gamma": 0.2,
+        "epochs": 200,
+        "steps_per_epoch": 0,
+        "n_way": 16,
+        "k_shot": 8,
+    },
+    ("refilled-classify", "paper"): {
+        **_SGD_RFS,
+        "lr": 0.1,
+        "schedule": "step",
+        "milestones": [50, 100, 150],
+        "gamma": 0.2,
+        "epochs": 200,
+        "steps_per_epoch": 0,
+        "n_way": 16,
+        "k_shot": 8,
+    },
+    # 6 x 100 balanced batches of 128 per step: ~2-3 CPU minutes each on CIFAR-FS with a ConvNet-4 student
+    ("refilled-embed", "quick"): {
+        **_SGD_RFS,
+        "lr": 0.05,
+        "schedule": "cosine",
+        "epochs": 6,
+        "steps_per_epoch": 100,
+        "n_way": 16,
+        "k_shot": 8,
+    },
+    ("refilled-classify", "quick"): {
+        **_SGD_RFS,
+        "lr": 0.05,
+        "schedule": "cosine",
+        "epochs": 6,
+        "steps_per_epoch": 100,
+        "n_way": 16,
+        "k_shot": 8,
+    },
 }
 
 # Dataset-specific schedules, where the general one does not fit.

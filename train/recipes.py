@@ -38,6 +38,13 @@ RECIPES: dict[str, tuple[Stage, ...]] = {
     # GRDD: the meta-learner starts from a global learner (the paper's "CL+GR": its stage-2 lr 1e-3 over 15
     # epochs fine-tunes) and distils the frozen global learner's relatedness
     "grdd": (Stage("global", "grdd-global"), Stage("meta", "grdd-meta", teacher="global", init="global")),
+    # REFILLED, compress mode: a teacher (any backbone, --teacher-backbone, or an existing --teacher
+    # checkpoint) distilled into the student's embedding, then into its classifier
+    "refilled": (
+        Stage("teacher", "pretrain"),
+        Stage("embed", "refilled-embed", teacher="teacher"),
+        Stage("classify", "refilled-classify", teacher="teacher", init="embed"),
+    ),
 }
 
 

@@ -138,8 +138,9 @@ class Trainer:
                 train_set.labels, cfg.n_way, cfg.k_shot, cfg.n_query, cfg.steps_per_epoch, cfg.seed
             )
         elif model.sampling == "balanced":  # n_way classes x k_shot images: every image has same-class peers
+            batches = cfg.steps_per_epoch or len(train_set.labels) // (cfg.n_way * cfg.k_shot)
             self.sampler = ClassBalancedBatchSampler(
-                train_set.labels, cfg.n_way, cfg.k_shot, cfg.steps_per_epoch, cfg.seed
+                train_set.labels, cfg.n_way, cfg.k_shot, batches, cfg.seed
             )
         else:
             self.sampler = RandomBatchSampler(
