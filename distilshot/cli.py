@@ -24,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "classes": "distilshot.serve.cli",
     "remove": "distilshot.serve.cli",
     "info": "distilshot.serve.cli",
+    "export-store": "distilshot.serve.cli",
+    "import-store": "distilshot.serve.cli",
     "serve": "distilshot.demo.cli",
     "demo": "distilshot.demo.cli",
 }

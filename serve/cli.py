@@ -38,12 +38,18 @@ Precision = Annotated[
     str, typer.Option("--precision", help="Which of the bundle's graphs to run: fp32, int8 or fp16.")
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
+Reembed = Annotated[
+    bool,
+    typer.Option("--reembed", help="If the store holds another model's embeddings, re-embed its images."),
+]
 
 
-def _classifier(bundle: Path, store: Path | None, backend: str, precision: str) -> FewShotClassifier:
+def _classifier(
+    bundle: Path, store: Path | None, backend: str, precision: str, reembed: bool = False
+) -> FewShotClassifier:
     from distilshot.serve.classifier import FewShotClassifier
 
-    return FewShotClassifier(bundle, store, backend, precision=precision)
+    return FewShotClassifier(bundle, store, backend, precision=precision, reembed=reembed)
 
 
 def _store(store: Path, bundle: Path | None) -> SupportStore:
@@ -100,6 +106,7 @@ def register(
     add: Annotated[bool, typer.Option("--add", help="Add the images to an existing class.")] = False,
     backend: Backend = "auto",
     precision: Precision = "fp32",
+    reembed: Reembed = False,
     as_json: Json = False,
 ) -> None:
     """Register a class from support images (or a folder of class subfolders)."""
@@ -108,12 +115,12 @@ def register(
             raise DistilshotError(
                 "give either NAME IMAGES... or --folder, not both (--add works with NAME only)"
             )
-        with _classifier(bundle, store, backend, precision) as classifier:
+        with _classifier(bundle, store, backend, precision, reembed) as classifier:
             infos = classifier.register_folder(folder)
     else:
         if name is None or not images:
             raise DistilshotError("give a class NAME and at least one support image, or --folder")
-        with _classifier(bundle, store, backend, precision) as classifier:
+        with _classifier(bundle, store, backend, precision, reembed) as classifier:
             infos = [classifier.add_shots(name, images) if add else classifier.register(name, images)]
     _print_classes("added to" if add else "registered", infos, as_json)
 
@@ -124,27 +131,37 @@ def classify(
     bundle: Bundle,
     store: Store,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many classes to show per image.")] = 5,
+    threshold: Annotated[
+        float | None,
+        typer.Option("--threshold", help="Answer unknown below this logit (default: the bundle's)."),
+    ] = None,
     backend: Backend = "auto",
     precision: Precision = "fp32",
     as_json: Json = False,
 ) -> None:
-    """Classify query images against the registered classes."""
+    """Classify query images against the registered classes ("unknown" below the rejection threshold)."""
     if not store.exists():
         raise DistilshotError(f"there is no support store at {store}; register classes first")
     with _classifier(bundle, store, backend, precision) as classifier:
-        predictions = classifier.classify(images, top_k=top_k)
+        predictions = classifier.classify(images, top_k=top_k, threshold=threshold)
     if as_json:
         for prediction in predictions:
             typer.echo(json.dumps(prediction.to_dict()))
     else:
-        _print_table("predictions", ["image", "class", "score"], _prediction_rows(predictions))
+        _print_table(
+            "predictions", ["image", "answer", "class", "score", "logit"], _prediction_rows(predictions)
+        )
 
 
 def _prediction_rows(predictions: list[Prediction]) -> list[list[str]]:
     rows = []
-    for prediction in predictions:
-        for rank, (label, score) in enumerate(prediction.top_k):
-            rows.append([prediction.image if rank == 0 else "", label, f"{score:.3f}"])
+    for p in predictions:
+        answer = "unknown" if p.label is None else p.label
+        for rank, ((label, score), logit) in enumerate(zip(p.top_k, p.logits, strict=True)):
+            first = rank == 0
+            rows.append(
+                [p.image if first else "", answer if first else "", label, f"{score:.3f}", f"{logit:.4g}"]
+            )
     return rows
 
 
@@ -202,3 +219,29 @@ def _show(value: Any) -> str:
     if isinstance(value, dict):
         return json.dumps(value)
     return str(value)
+
+
+@app.command("export-store")
+def export_store(
+    destination: Annotated[Path, typer.Argument(metavar="FILE", help="Where to write the copy.")],
+    store: Store,
+) -> None:
+    """Write a portable copy of a store (one SQLite file) to import elsewhere."""
+    with _store(store, None) as opened:
+        path = opened.export_to(destination)
+    typer.echo(f"exported {store} to {path}")
+
+
+@app.command("import-store")
+def import_store(
+    source: Annotated[Path, typer.Argument(metavar="FILE", help="A file written by export-store.")],
+    bundle: Bundle,
+    store: Store,
+    backend: Backend = "auto",
+    precision: Precision = "fp32",
+    as_json: Json = False,
+) -> None:
+    """Add every class of an exported store (re-embedded if it comes from another model): all or none."""
+    with _classifier(bundle, store, backend, precision) as classifier:
+        infos = classifier.import_store(source)
+    _print_classes(f"imported from {source}", infos, as_json)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distilshot.errors import StoreError
+from distilshot.errors import ImageError, StoreError
 from distilshot.serve.head import class_mean
 
 APPLICATION_ID = 0x44534854  # "DSHT" in the SQLite header marks a distilshot support store
@@ -672,7 +672,10 @@ def read_store_file(source: str | Path) -> tuple[str, dict[str, list[tuple[Shot,
             check_class_name(name)
             if not isinstance(thumbnail, bytes) or not isinstance(source_name, str):
                 raise StoreError(f"{where}: shot {shot_id} of class {name!r} is damaged")
-            load_image(thumbnail, name=f"{where}: shot {shot_id} of class {name!r}")
+            try:
+                load_image(thumbnail, name=f"{where}: shot {shot_id} of class {name!r}")
+            except ImageError as error:
+                raise StoreError(str(error)) from None
             vectors = {
                 output: np.frombuffer(vector, "<f4")
                 for output, dim, vector in conn.execute(
