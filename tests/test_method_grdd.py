@@ -24,7 +24,7 @@ from distilshot.train.methods.grdd import (
     relatedness,
     relatedness_ce,
 )
-from distilshot.train.pipeline import model_spec
+from distilshot.train.pipeline import model_spec, train
 from distilshot.train.presets import preset_config
 from distilshot.train.recipes import TrainRequest
 from distilshot.train.samplers import EpisodeSampler
@@ -230,6 +230,7 @@ def test_grdd_recipe_end_to_end_with_a_resnet12_teacher(tmp_path: Path) -> None:
     # any checkpoint with an embedding can stand in for the global learner, here a (fresh) ProtoNet
     proto = model_spec(preset_config("protonet", f"folder:{data}", "quick", image_size=16), 6)
     save_checkpoint(tmp_path / "protonet.pt", proto, proto.build(seed=0))
-    result = cli("train", "--method", "grdd", *args.split(), "--teacher", tmp_path / "protonet.pt",
-                 "--run-dir", tmp_path / "given", "--json")  # fmt: skip
-    assert list(json.loads(result.stdout.splitlines()[-1])["stages"]) == ["meta"]
+    short = {"epochs": 1, "steps_per_epoch": 2, "image_size": 16}
+    request = TrainRequest("grdd", f"folder:{data}", teacher=str(tmp_path / "protonet.pt"), overrides=short)
+    outcome = train(request, tmp_path / "given")
+    assert [s.name for s in outcome.stages] == ["meta"] and outcome.spec.method == "grdd-meta"

@@ -175,16 +175,7 @@ def test_skd_recipe_end_to_end(tmp_path: Path) -> None:
     proto = model_spec(preset_config("protonet", f"folder:{data}", "quick", image_size=16), 6)
     save_checkpoint(tmp_path / "protonet.pt", proto, proto.build(seed=0))
     refused = tmp_path / "refused"
-    result = cli(
-        "train",
-        "--method",
-        "skd",
-        *args.split(),
-        "--teacher",
-        tmp_path / "protonet.pt",
-        "--run-dir",
-        refused,
-        ok=False,
-    )
+    given = f"--method skd --teacher {tmp_path / 'protonet.pt'} --run-dir {refused}"
+    result = cli("train", *given.split(), *args.split(), ok=False)
     assert "linear classifier" in result.stderr
     assert not list(refused.glob("*/checkpoints/*.pt"))
