@@ -7,7 +7,6 @@ import io
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,13 +19,15 @@ import uvicorn
 from fastapi import FastAPI
 from PIL import Image
 
+from distilshot.demo.cli import listen
+
 STARTUP_TIMEOUT_S = 120  # the CPU may be shared; a server that is not up by then has failed
 
 
 @contextmanager
 def served(app: FastAPI) -> Iterator[str]:
     """Serves `app` from a thread on a free loopback port; yields its base URL."""
-    sock = socket.create_server(("127.0.0.1", 0))
+    sock = listen("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
