@@ -49,3 +49,12 @@ def test_edge_app_registers_a_folder_and_classifies(tmp_path):
     assert report["code"] == 0 and lines[0].startswith(f"{queries[0]}: red")
     lines, report = run(bundle, tmp_path / "missing", queries[0])
     assert report["code"] == 2 and lines == [f"error: {tmp_path / 'missing'} is not a folder"]
+
+
+def test_the_http_api_imports_no_torch():
+    code = (
+        "import sys, distilshot.serve.api\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'onnx'}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
