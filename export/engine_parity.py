@@ -44,6 +44,11 @@ class Comparison:
         return self.reference_accuracy - self.candidate_accuracy
 
     @property
+    def key(self) -> str:
+        """Its key in the manifest's metrics."""
+        return f"{self.candidate} vs {self.reference} {self.n_way}-way {self.k_shot}-shot"
+
+    @property
     def protocol(self) -> str:
         return (
             f"{self.candidate} vs {self.reference}: {self.images} {self.split} images; {self.n_way}-way "

@@ -108,7 +108,7 @@ def add(
                 f"({checks[0].candidate_accuracy:.2f}% vs {checks[0].reference_accuracy:.2f}% fp32), more "
                 f"than the allowed {max_drop}; the bundle is unchanged"
             )
-        metrics = {f"{ROLE} vs embedder {c.n_way}-way {c.k_shot}-shot": c.to_dict() for c in checks}
+        metrics = {c.key: c.to_dict() for c in checks}
         new = edit.commit({ROLE: graph}, metrics)
     return FormatReport(
         "int8",

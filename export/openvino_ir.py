@@ -60,9 +60,7 @@ def add(bundle: Path, episodes: int = 1000, **_: object) -> FormatReport:
                         f"the evaluation queries ({check.protocol}); the bundle is unchanged"
                     )
                 checks.append(check)
-        metrics = {
-            f"{c.candidate} vs {c.reference} {c.n_way}-way {c.k_shot}-shot": c.to_dict() for c in checks
-        }
+        metrics = {c.key: c.to_dict() for c in checks}
         new = edit.commit(graphs, metrics)
     return FormatReport(
         "openvino",

@@ -78,7 +78,11 @@ def check_graph(model: onnx.ModelProto, name: str = "graph") -> OfflineCheck:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None or not low <= opset <= high:
         problems.append(f"opset {opset} is outside TensorRT's {low}..{high}")
-    graph = _infer_shapes(model).graph
+    try:
+        graph = _infer_shapes(model).graph
+    except Exception as error:  # the symbolic inference asserts on graphs it cannot follow
+        problems.append(f"shapes cannot be inferred ({type(error).__name__} {error}); TensorRT needs them")
+        graph = onnx.shape_inference.infer_shapes(model).graph
     types = {v.name: v.type.tensor_type for v in [*graph.input, *graph.value_info, *graph.output]}
     constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     constants.update(
@@ -227,9 +231,7 @@ def add(bundle: Path, episodes: int = 1000, **_: object) -> FormatReport:
             notes.append(
                 f"TensorRT plans not built here ({why}); the tensorrt backend builds them on first use"
             )
-        metrics = {
-            f"{c.candidate} vs {c.reference} {c.n_way}-way {c.k_shot}-shot": c.to_dict() for c in checks
-        }
+        metrics = {c.key: c.to_dict() for c in checks}
         new = edit.commit({ROLE: graph}, metrics)
     return FormatReport(
         "tensorrt",

@@ -63,7 +63,7 @@ class OpenVinoEngine:
         self._ports = self._check_signature(path)
         self._request = self._compiled.create_infer_request()
         self._lock = threading.Lock()  # an infer request serves one call at a time
-        self._precision = str(self._compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self._precision = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
 
     def _check_signature(self, path: Path) -> dict[str, object]:
         prep = self._manifest.preprocessing
