@@ -13,7 +13,8 @@ app = typer.Typer(add_completion=False)
 MethodOpt = Annotated[
     str,
     typer.Option(
-        help="pretrain | protonet | bml | skd (gen0 -> gen1 self-distillation) | grdd (global learner -> "
+        help="pretrain | protonet | bml (global + local view, mutual learning) | skd (gen0 -> gen1 "
+        "self-distillation) | grdd (global learner -> "
         "relatedness-distilled meta-learner) | refilled (teacher -> distilled small student)"
     ),
 ]
