@@ -120,8 +120,10 @@ def test_total_loss_weights_the_three_terms_and_the_margin_follows_progress() ->
     global_term = (
         math.log(3.0)
         + math.log(math.exp(2.0) + 2.0)
-        + math.log(math.exp(0.5) + 2.0) - 0.5
-        + math.log(math.exp(2.0) + math.exp(1.0) + 1.0) - 1.0
+        + math.log(math.exp(0.5) + 2.0)
+        - 0.5
+        + math.log(math.exp(2.0) + math.exp(1.0) + 1.0)
+        - 1.0
     ) / 4
     # local: squared distances (0.25, 2.25) and (5, 1)
     method.set_progress(0, 10)  # first epoch: no elastic margin
@@ -147,7 +149,11 @@ def test_embeddings_are_relu_sqrt_of_both_views_and_the_head_sums_them() -> None
     assert set(out) == set(method.output_names) == {"global", "local"}
     for embedding in out.values():
         assert torch.equal(embedding, torch.tensor([[0.0, 2.0]]))
-    assert method.head() == {"metric": "euclidean", "weights": {"global": 1.0, "local": 1.0}, "temperature": 1.0}
+    assert method.head() == {
+        "metric": "euclidean",
+        "weights": {"global": 1.0, "local": 1.0},
+        "temperature": 1.0,
+    }
 
 
 def test_bad_parameters_are_refused() -> None:
@@ -236,6 +242,25 @@ def test_export_parity_of_the_fused_two_view_head(cifar_train, tmp_path: Path) -
         assert np.abs(theirs[name] ** 2 - ours[name].numpy() ** 2).max() < 1e-4, name
 
 
+def test_one_view_can_be_evaluated_alone(tmp_path: Path, monkeypatch) -> None:
+    from distilshot.train import pipeline
+
+    ten_classes = load_split("omniglot", "test").subset(range(10))
+    monkeypatch.setattr(pipeline, "load_split", lambda *args: ten_classes)  # 200 images keep it quick
+    cfg = preset_config("bml", "omniglot", "quick")
+    spec = model_spec(cfg, 815)
+    model = spec.build(seed=0)
+    results = {
+        view: pipeline.evaluate(
+            model, spec, settings=((5, 1),), episodes=20, outputs=(view,), plots_dir=tmp_path
+        )
+        for view in ("global", "local")
+    }
+    assert results["global"][0].classifier.endswith("[global]")
+    assert results["global"][0].mean != results["local"][0].mean  # two different untrained views
+    assert not (tmp_path / "confusion.png").exists()  # the run's plots stay those of the fused head
+
+
 def test_paper_schedule_drops_to_the_published_learning_rates() -> None:
     cfg = preset_config("bml", "cifar-fs", "paper")
     optimizer, scheduler = build_optimizer(identity_bml(), cfg, steps_total=cfg.epochs)  # 1 step per epoch
@@ -266,4 +291,6 @@ def test_train_command_runs_bml(tmp_path: Path) -> None:
     assert (config["n_way"], config["k_shot"], config["n_query"]) == (15, 5, 7)
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert {"train_global", "train_local", "train_mutual"} <= set(record)
-    assert all(math.isfinite(record[k]) for k in ("train_loss", "train_global", "train_local", "train_mutual"))
+    assert all(
+        math.isfinite(record[k]) for k in ("train_loss", "train_global", "train_local", "train_mutual")
+    )

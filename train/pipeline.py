@@ -199,7 +199,7 @@ def evaluate(
                     view=",".join(outputs) if outputs else "",
                 )
             )
-    if plots_dir is not None:
+    if plots_dir is not None and not outputs:  # the run's plots show the served (unrestricted) head
         _plot_test_features(model, features, data.labels, plots_dir, spec)
     return results
 
