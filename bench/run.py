@@ -25,6 +25,7 @@ from types import ModuleType
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # sections import their shared helpers (timing.py) by name
 # Sections in this order first; any other bench_*.py runs after them, alphabetically.
 ORDER = ("engines", "head", "training", "http")
 

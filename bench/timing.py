@@ -1,0 +1,101 @@
+"""Timing helpers shared by the benchmark sections (not a section itself: it is not named bench_*)."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def throughput(run: Callable[[], Any], items: int, seconds: float) -> float:
+    """Items per second of `run` (which handles `items` per call), after one warm-up call, over at least
+    `seconds` and at least three calls."""
+    run()
+    calls, start = 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - start < seconds:
+        run()
+        calls += 1
+    return items * calls / (time.perf_counter() - start)
+
+
+def latencies(run: Callable[[], Any], calls: int) -> np.ndarray:
+    """Seconds of each of `calls` calls, after three warm-up calls."""
+    for _ in range(3):
+        run()
+    out = np.empty(calls)
+    for i in range(calls):
+        start = time.perf_counter()
+        run()
+        out[i] = time.perf_counter() - start
+    return out
+
+
+def interleaved(measure: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+    """Median of `rounds` measurements of each candidate, taken round-robin so that a slow spell of a
+    shared machine hits all of them alike."""
+    values: dict[str, list[float]] = {name: [] for name in measure}
+    for _ in range(rounds):
+        for name, run in measure.items():
+            values[name].append(run())
+    return {name: statistics.median(v) for name, v in values.items()}
+
+
+def sgemm_peak(size: int = 2048, repeats: int = 5) -> dict[str, Any]:
+    """The CPU's fp32 peak, two ways: nominal, from the clock /proc/cpuinfo reports and the vector width
+    (2 FMA units of 16 floats per core with AVX-512, 8 with AVX2; a VM may report a base clock below the
+    one it runs at), and measured, the best GFLOP/s of a float32 matrix product on all cores from numpy's
+    BLAS or PyTorch's (MKL)."""
+    import torch
+
+    a = np.random.default_rng(0).random((size, size), dtype=np.float32)
+    t = torch.from_numpy(a)
+    best = {}
+    for name, matmul in (("numpy", lambda: a @ a), ("torch", lambda: t @ t)):
+        matmul()
+        best[name] = max(2 * size**3 / _seconds(matmul) for _ in range(repeats)) / 1e9
+    flags, mhz = _cpu_flags_and_mhz()
+    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
+    cores = len(os.sched_getaffinity(0))
+    nominal = cores * mhz / 1e3 * 2 * 2 * lanes if mhz else None  # cores x GHz x 2 FMA units x 2 x lanes
+    return {
+        # what engines' fractions are of: the nominal peak where the clock is known, else the measured one
+        "reference_gflops": nominal or max(best.values()),
+        "gflops": max(best.values()),
+        "by": max(best, key=best.get),
+        "measured": best,
+        "nominal_gflops": nominal,
+        "nominal_rule": f"{cores} cores x {mhz / 1e3:.2f} GHz x 2 FMA units x 2 FLOP x {lanes} fp32 lanes"
+        if mhz
+        else None,
+    }
+
+
+def _seconds(run: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def _cpu_flags_and_mhz() -> tuple[set[str], float]:
+    flags, mhz = set(), 0.0
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+            elif line.startswith("cpu MHz") and not mhz:
+                mhz = float(line.split(":", 1)[1])
+    except OSError:
+        pass
+    return flags, mhz
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
