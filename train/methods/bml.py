@@ -6,9 +6,9 @@ backbone's last stage, trained together on one episode per step.
   elastic margin of Algorithm 1 on the positive distance (Eq. 3-6).
 - Mutual loss: symmetric KL between the two views' spatially pooled features, softmax over channels
   (Eq. 7-8). Total = alpha * global + beta * local + gamma * mutual, 4 : 2 : 1 (Eq. 9).
-- Test time (section 3.2.4): each view's map goes through ReLU and a square root and is flattened; the two
-  views' negative squared Euclidean distances to shot-mean prototypes are summed. That is the serving head:
-  both embeddings are exported and weighted 1 : 1.
+- Test time (section 3.2.4, with the ReLU and square root of the authors' evaluation): each view's map goes
+  through ReLU and a square root and is flattened; the two views' negative squared Euclidean distances to
+  shot-mean prototypes are summed. That is the serving head: both embeddings are exported, weighted 1 : 1.
 
 Where the paper and the authors' code differ, the paper is the default and the code an option:
 - Prototypes. Algorithm 1 takes position-wise prototypes C_i^(p,q): the shot mean of the support maps, each
