@@ -39,14 +39,14 @@ def model_card(classifier: FewShotClassifier) -> str:
         f"`{info['fingerprint'][:12]}`",
     ]
     metrics = info["metrics"]
-    if metrics:
+    if any(isinstance(v, dict) and "mean" in v for v in metrics.values()):
         shown = []
         for key, value in metrics.items():
-            if isinstance(value, dict) and "accuracy" in value:
-                accuracy = 100 * float(value["accuracy"])
+            if isinstance(value, dict) and "mean" in value:  # percent, as export writes it
                 ci = value.get("ci95")
-                shown.append(f"{key}: {accuracy:.2f}%" + (f" ± {100 * float(ci):.2f}" if ci else ""))
-        lines.append("**Accuracy** (held-out classes) — " + "; ".join(shown))
+                shown.append(f"{key}: {float(value['mean']):.2f}%" + (f" ± {float(ci):.2f}" if ci else ""))
+        split = next((v.get("split") for v in metrics.values() if isinstance(v, dict) and v.get("split")), "")
+        lines.append(f"**Accuracy** on held-out classes ({split}) — " + "; ".join(shown))
     rejection = info["rejection"]
     if rejection:
         lines.append(
@@ -69,6 +69,13 @@ def _drawing(value: Any) -> Image.Image | None:
     image = composite if isinstance(composite, Image.Image) else Image.fromarray(np.asarray(composite))
     image = image.convert("L")
     return None if np.asarray(image).min() == 255 else image
+
+
+# Clears the support sketchpad in the browser after a drawing is taken (setting its value from Python
+# would replace the canvas and need the brush picked again).
+CLEAR_SUPPORT_PAD = (
+    """() => { document.querySelector('#support-pad button[aria-label="Clear canvas"]')?.click(); }"""
+)
 
 
 def _png(image: Image.Image) -> bytes:
@@ -120,10 +127,10 @@ def build_demo(classifier: FewShotClassifier) -> gr.Blocks:
     def add_drawing(value: Any, drawings: list[bytes]) -> tuple:
         image = _drawing(value)
         if image is None:
-            return gr.skip(), drawings, [Image.open(io.BytesIO(d)) for d in drawings], "draw something first"
+            return drawings, [Image.open(io.BytesIO(d)) for d in drawings], "draw something first"
         drawings = [*drawings, _png(image)]
         previews = [Image.open(io.BytesIO(d)) for d in drawings]
-        return None, drawings, previews, f"{len(drawings)} drawings ready to register"
+        return drawings, previews, f"{len(drawings)} drawings ready to register"
 
     def remove(name: str | None) -> tuple:
         try:
@@ -193,7 +200,8 @@ def build_demo(classifier: FewShotClassifier) -> gr.Blocks:
                 if sketch:
                     with gr.Column():
                         support_pad = gr.Sketchpad(
-                            label="…or draw support images: draw, add, repeat (three is a good start)",
+                            label="…or draw: pick the brush, draw, Add drawing; three make a good start",
+                            elem_id="support-pad",
                             type="pil",
                             image_mode="L",
                             canvas_size=CANVAS,
@@ -221,7 +229,8 @@ def build_demo(classifier: FewShotClassifier) -> gr.Blocks:
                 )
                 if sketch:
                     query_pad = gr.Sketchpad(
-                        label="…or draw a query",
+                        label="…or draw a query (pick the brush first)",
+                        elem_id="query-pad",
                         type="pil",
                         image_mode="L",
                         canvas_size=CANVAS,
@@ -246,8 +255,8 @@ def build_demo(classifier: FewShotClassifier) -> gr.Blocks:
         )
         if sketch:
             add_button.click(
-                add_drawing, inputs=[support_pad, drawings], outputs=[support_pad, drawings, drawn, status]
-            )
+                add_drawing, inputs=[support_pad, drawings], outputs=[drawings, drawn, status]
+            ).then(None, js=CLEAR_SUPPORT_PAD)
         remove_button.click(remove, inputs=[remove_choice], outputs=[classes, remove_choice, status])
         if examples is not None:
             example_button.click(load_examples, outputs=[classes, remove_choice, status])

@@ -1,5 +1,6 @@
 """The Gradio demo end to end in headless Chromium (Debian's chromium driven by Playwright; `make install`
-installs it): register two classes by uploading files, classify a query, read the label shown."""
+installs it): register two classes by uploading files and one by drawing it, classify drawn and uploaded
+queries, read the label shown."""
 
 from __future__ import annotations
 
@@ -30,6 +31,23 @@ ARGS = [
 ]
 TIMEOUT_MS = 60_000  # per step; the CPU may be shared
 expect.set_options(timeout=TIMEOUT_MS)
+
+
+CROSS = [[(0.2, 0.2), (0.8, 0.8)], [(0.8, 0.2), (0.2, 0.8)]]  # strokes, in fractions of the canvas
+
+
+def draw(page, pad: str, strokes: list[list[tuple[float, float]]]) -> None:
+    """Picks the sketchpad's brush and draws `strokes` with the mouse in its square drawing area."""
+    page.locator(pad).get_by_role("button", name="Brush", exact=True).click()
+    box = page.locator(f"{pad} canvas").first.bounding_box()
+    side = 0.8 * box["height"]
+    left, top = box["x"] + (box["width"] - side) / 2, box["y"] + (box["height"] - side) / 2
+    for stroke in strokes:
+        page.mouse.move(left + stroke[0][0] * side, top + stroke[0][1] * side)
+        page.mouse.down()
+        for x, y in stroke[1:]:
+            page.mouse.move(left + x * side, top + y * side, steps=8)
+        page.mouse.up()
 
 
 @pytest.fixture
@@ -80,12 +98,27 @@ def test_register_two_classes_and_classify_in_the_browser(browser_page, tmp_path
 
             register("red", red, "registered red with 2 images")
             register("blue", blue, "registered blue with 2 images")
-            register("bad", [broken], "truncated or corrupt")  # the error is shown; nothing is stored
-            assert [(c.name, c.shots) for c in classifier.classes()] == [("blue", 2), ("red", 2)]
             expect(page.locator("#classes")).to_contain_text("red (2 shots)")
 
+            # invent a symbol, draw it twice, register it
+            for count in (1, 2):
+                draw(page, "#support-pad", CROSS)
+                page.get_by_role("button", name="Add drawing").click()
+                expect(status).to_contain_text(f"{count} drawings ready to register")
+            page.locator("#class-name").get_by_role("textbox").fill("cross")
+            page.locator("#register").click()
+            expect(status).to_contain_text("registered cross with 2 images")
+            assert [(c.name, c.shots) for c in classifier.classes()] == [
+                ("blue", 2),
+                ("cross", 2),
+                ("red", 2),
+            ]
+
             page.get_by_role("tab", name="Classify").click()
-            page.locator("#query input[type=file]").set_input_files(str(query))
+            draw(page, "#query-pad", CROSS)  # draw it again: recognised
+            page.locator("#classify").click()
+            expect(page.locator("#answer")).to_have_text("Answer: cross")
+            page.locator("#query input[type=file]").set_input_files(str(query))  # an upload goes first
             expect(page.locator("#query img")).to_be_visible()
             page.locator("#classify").click()
             expect(page.locator("#answer")).to_have_text("Answer: red")
@@ -93,4 +126,6 @@ def test_register_two_classes_and_classify_in_the_browser(browser_page, tmp_path
             page.get_by_role("tab", name="Register classes").click()
             page.get_by_role("button", name="Load the example set").click()
             expect(status).to_contain_text("registered 6 example classes")
-            assert len(classifier.classes()) == 8
+            assert len(classifier.classes()) == 9
+            register("bad", [broken], "truncated or corrupt")  # the error is shown; nothing is stored
+            assert len(classifier.classes()) == 9
