@@ -9,6 +9,7 @@ are deleted last. A reader sees the old bundle or the new one; an interrupted ed
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -19,6 +20,7 @@ from distilshot.errors import DistilshotError
 from distilshot.serve.manifest import MANIFEST_FILE, Graph, Manifest, load_manifest, sha256_file
 
 STAGING_PREFIX = ".staging-"
+LOCK_FILE = ".edit.lock"
 
 
 class BundleEdit:
@@ -26,6 +28,10 @@ class BundleEdit:
 
     def __init__(self, bundle_dir: Path | str) -> None:
         self.dir = Path(bundle_dir)
+        load_manifest(self.dir, verify=False)  # a clear error if this is not a bundle
+        # one edit at a time: a second export waits, then sees the first one's manifest
+        self._lock = open(self.dir / LOCK_FILE, "a")  # noqa: SIM115 (held until __exit__)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
         self.manifest = load_manifest(self.dir)  # verifies every file against its sha256
         for leftover in self.dir.glob(f"{STAGING_PREFIX}*"):
             shutil.rmtree(leftover, ignore_errors=True)  # from an interrupted edit
@@ -36,6 +42,7 @@ class BundleEdit:
 
     def __exit__(self, *exc: object) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
+        self._lock.close()  # releases the lock
 
     def preview(self, graphs: dict[str, Graph]) -> Manifest:
         """The manifest with `graphs` (file names as under `staging`) added, addressable from the bundle

@@ -12,6 +12,7 @@ with the client (distilshot.serve.head), as in serve/.
 
 from __future__ import annotations
 
+import re
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -118,12 +119,18 @@ def add(bundle: Path, **_: object) -> FormatReport:
             text = model_config(manifest, name, kind)
             validate_config(text, name)
             (folder / "config.pbtxt").write_text(text)
-        old = [f for f in manifest.files if f.split("/", 1)[0] == REPOSITORY]
+        old = [f for f in manifest.files if _in_repository(f)]
         new = edit.commit(remove=old)
-    files = sorted(f for f in new.files if f.split("/", 1)[0].startswith(REPOSITORY) and f not in old)
+    files = sorted(f for f in new.files if _in_repository(f) and f not in old)
     return FormatReport(
         "triton",
         files=files,
         checks=[{"check": "triton-config", "models": sorted(models), "valid": True}],
         notes=notes,
     )
+
+
+def _in_repository(name: str) -> bool:
+    """Whether a bundle file belongs to a Triton repository: triton/... or, after a repeated export,
+    triton-2/... (see BundleEdit's naming)."""
+    return re.fullmatch(rf"{REPOSITORY}(-\d+)?", name.split("/", 1)[0]) is not None

@@ -307,6 +307,17 @@ def test_a_failed_check_leaves_the_bundle_unchanged(trained, tmp_path):
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
+def test_an_export_again_replaces_the_format_and_removes_the_old_files(bundle, tmp_path):
+    folder = tmp_path / "bundle"
+    shutil.copytree(bundle[0], folder)
+    (report,) = add_formats(folder, ["triton"])
+    # the new repository gets a fresh name while the old one is listed, and the old one goes after
+    assert {f.split("/")[0] for f in report.files} == {"triton-2"} and not (folder / "triton").exists()
+    manifest = load_manifest(folder)
+    assert not [f for f in manifest.files if f.startswith("triton/")]
+    assert validate_config((folder / "triton-2" / "embedder" / "config.pbtxt").read_text(), "embedder")
+
+
 def test_export_command_errors(trained, capsys):
     from distilshot.cli import main
 
