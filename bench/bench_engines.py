@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from timing import interleaved, latencies, sgemm_peak, table, throughput
+from timing import interleaved, latencies, median, sgemm_peak, table, throughput
 
 from distilshot.export.bundle import write_bundle
 from distilshot.export.bundle_edit import BundleEdit
@@ -154,13 +154,11 @@ def measure_model(model: SpeedModel, folder: Path, peak_gflops: float, quick: bo
     run = engines(net, bundle, manifest)
     x64, x1 = synthetic(BATCH, model, 1), synthetic(1, model, 2)
     seconds, rounds, calls = (0.3, 1, 20) if quick else (2.0, 3, 100)
-    images_per_s = interleaved(
-        {n: partial(throughput, partial(f, x64), BATCH, seconds) for n, f in run.items()}, rounds
+    images_per_s = median(
+        interleaved({n: partial(throughput, partial(f, x64), BATCH, seconds) for n, f in run.items()}, rounds)
     )
-    lat = {n: [] for n in run}
-    for _ in range(rounds):
-        for name, f in run.items():
-            lat[name].extend(latencies(partial(f, x1), calls))
+    per_call = interleaved({n: partial(latencies, partial(f, x1), calls) for n, f in run.items()}, rounds)
+    lat = {n: np.concatenate(v) for n, v in per_call.items()}
     flops = onnx_flops(bundle / manifest.embedder.file)
     rows = {}
     for name in run:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from timing import interleaved, table, throughput
+from timing import interleaved, median, table, throughput
 
 from distilshot.train.data.registry import load_split
 from distilshot.train.pipeline import model_spec
@@ -89,17 +89,19 @@ def measure(method: str, dataset: str, steps: int, rounds: int) -> dict[str, Any
             optimizer.step()
 
     images = steps * cfg.batch_size
-    result = interleaved(
-        {
-            "pipeline": lambda: throughput(
-                lambda: step(lambda: make_batch(next(indices), generator)), images, 0
-            ),
-            "in_memory": lambda: throughput(lambda: step(lambda: next(cycle)), images, 0),
-            "batches_only": lambda: throughput(
-                lambda: [make_batch(next(indices), generator) for _ in range(steps)], images, 0
-            ),
-        },
-        rounds,
+    result = median(
+        interleaved(
+            {
+                "pipeline": lambda: throughput(
+                    lambda: step(lambda: make_batch(next(indices), generator)), images, 0
+                ),
+                "in_memory": lambda: throughput(lambda: step(lambda: next(cycle)), images, 0),
+                "batches_only": lambda: throughput(
+                    lambda: [make_batch(next(indices), generator) for _ in range(steps)], images, 0
+                ),
+            },
+            rounds,
+        )
     )
     return {
         "method": method,

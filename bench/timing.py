@@ -35,13 +35,28 @@ def latencies(run: Callable[[], Any], calls: int) -> np.ndarray:
     return out
 
 
-def interleaved(measure: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
-    """Median of `rounds` measurements of each candidate, taken round-robin so that a slow spell of a
-    shared machine hits all of them alike."""
-    values: dict[str, list[float]] = {name: [] for name in measure}
+SETTLE_SECONDS = 0.3
+
+
+def settle() -> None:
+    """Lets the worker threads of the engine measured before go idle: ONNX Runtime's and OpenMP's
+    threads spin for a while after a call (OpenMP's block time is 200 ms) and would steal cores from the
+    next engine measured."""
+    time.sleep(SETTLE_SECONDS)
+
+
+def interleaved(measure: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[Any]]:
+    """`rounds` results of each candidate, taken round-robin so that a slow spell of a shared machine
+    hits all of them alike, each after the previous candidate's threads settled."""
+    values: dict[str, list[Any]] = {name: [] for name in measure}
     for _ in range(rounds):
         for name, run in measure.items():
+            settle()
             values[name].append(run())
+    return values
+
+
+def median(values: dict[str, list[float]]) -> dict[str, float]:
     return {name: statistics.median(v) for name, v in values.items()}
 
 
