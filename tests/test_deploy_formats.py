@@ -181,6 +181,25 @@ def test_every_graph_passes_the_tensorrt_offline_checks(bundle):
     assert any("plans not built here" in note for note in reports["tensorrt"].notes)
 
 
+@pytest.mark.parametrize(
+    ("method", "backbone"), [("protonet", "resnet12"), ("protonet", "mobilenet-0.5"), ("bml", "convnet4")]
+)
+def test_the_other_architectures_pass_the_tensorrt_offline_checks(method, backbone, tmp_path):
+    """The graphs the other backbones and a two-output method export, in fp32, fp16 and int8."""
+    from distilshot.export.int8 import quantize_graph
+    from distilshot.export.onnx_graph import export_embedder
+    from distilshot.export.tensorrt_engine import to_fp16
+    from distilshot.train.checkpoint import ModelSpec
+
+    spec = ModelSpec(method, backbone, 10, 3, 32, (0.5,) * 3, (0.25,) * 3, "cifar-fs", {})
+    graph = export_embedder(spec.build(seed=0), spec, tmp_path / "fp32.onnx")
+    calibration = np.random.default_rng(0).normal(size=(20, 3, 32, 32)).astype(np.float32)
+    quantize_graph(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", calibration, graph.input)
+    fp32 = onnx.load(tmp_path / "fp32.onnx")
+    for name, model in (("fp32", fp32), ("fp16", to_fp16(fp32)), ("int8", onnx.load(tmp_path / "int8.onnx"))):
+        assert check_graph(model, name).problems == [], (method, backbone, name)
+
+
 def tiny(nodes, inputs, outputs, initializers=(), opset=18):
     graph = helper.make_graph(nodes, "g", inputs, outputs, list(initializers))
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
