@@ -272,6 +272,7 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> Path:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a bundle is meant to be read by its servers
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
