@@ -154,14 +154,14 @@ def build_demo(classifier: FewShotClassifier) -> gr.Blocks:
             status = f"**error:** {error}"
         return (*refresh()[:2], status)
 
-    def classify(upload: str | None, drawn: Any) -> tuple:
+    def classify(upload: str | None, drawn: Any, augment: bool = False) -> tuple:
         drawing = _drawing(drawn) if sketch else None
         try:
             if upload is None and drawing is None:
                 raise DistilshotError("upload, paste or draw a query image first")
             source: Any = Path(upload) if upload is not None else drawing
             name = Path(upload).name if upload is not None else "drawing"
-            (prediction,) = classifier.classify([source], TOP_K, names=[name], nearest=True)
+            (prediction,) = classifier.classify([source], TOP_K, names=[name], nearest=True, augment=augment)
         except DistilshotError as error:
             return f"**error:** {error}", None, []
         answer = "unknown" if prediction.label is None else prediction.label
@@ -239,6 +239,11 @@ def build_demo(classifier: FewShotClassifier) -> gr.Blocks:
                         layers=False,
                         transforms=(),
                     )
+            augment_box = (
+                gr.Checkbox(False, label="Complete each class with generated features (helps at 1-2 shots)")
+                if classifier.generators is not None
+                else None
+            )
             classify_button = gr.Button("Classify", variant="primary", elem_id="classify")
             answer = gr.Markdown("", elem_id="answer")
             with gr.Row():
@@ -260,9 +265,12 @@ def build_demo(classifier: FewShotClassifier) -> gr.Blocks:
         remove_button.click(remove, inputs=[remove_choice], outputs=[classes, remove_choice, status])
         if examples is not None:
             example_button.click(load_examples, outputs=[classes, remove_choice, status])
+        augment_inputs = [augment_box] if augment_box is not None else []
         classify_button.click(
-            lambda upload, *pad: classify(upload, pad[0] if pad else None),
-            inputs=[query, *([query_pad] if sketch else [])],
+            lambda upload, *rest: classify(
+                upload, rest[0] if sketch else None, bool(rest[-1]) if augment_inputs else False
+            ),
+            inputs=[query, *([query_pad] if sketch else []), *augment_inputs],
             outputs=[answer, confidences, nearest],
         )
         blocks.load(refresh, outputs=[classes, remove_choice, status])

@@ -19,6 +19,8 @@ COMMANDS: dict[str, str] = {
     "eval": "distilshot.train.cli",
     "export": "distilshot.export.cli",
     "train-export": "distilshot.export.cli",
+    "generator": "distilshot.export.cli",
+    "adapt": "distilshot.export.cli",
     "register": "distilshot.serve.cli",
     "classify": "distilshot.serve.cli",
     "classes": "distilshot.serve.cli",

@@ -17,7 +17,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from distilshot.errors import DistilshotError
-from distilshot.serve.manifest import MANIFEST_FILE, Graph, Manifest, load_manifest, sha256_file
+from distilshot.serve.manifest import (
+    MANIFEST_FILE,
+    FixedClassifier,
+    Generators,
+    Graph,
+    Manifest,
+    load_manifest,
+    sha256_file,
+)
 
 STAGING_PREFIX = ".staging-"
 LOCK_FILE = ".edit.lock"
@@ -63,13 +71,16 @@ class BundleEdit:
         graphs: dict[str, Graph] | None = None,
         metrics: dict[str, dict[str, Any]] | None = None,
         remove: Iterable[str] = (),
+        generators: Generators | None = None,
+        classifier: FixedClassifier | None = None,
     ) -> Manifest:
-        """Moves every staged file into the bundle, adds (or replaces) `graphs` and `metrics`, drops the
-        files in `remove`, and writes the new manifest. Graph file names are those under `staging`."""
+        """Moves every staged file into the bundle, adds (or replaces) `graphs`, `metrics`, the feature
+        `generators` and the fixed `classifier`, drops the files in `remove`, and writes the new manifest.
+        File names in `graphs`, `generators` and `classifier` are those under `staging`."""
         staged = sorted(
             p.relative_to(self.staging).as_posix() for p in self.staging.rglob("*") if p.is_file()
         )
-        if not staged and not graphs and not metrics:
+        if not staged and not graphs and not metrics and generators is None and classifier is None:
             raise DistilshotError("nothing to add to the bundle")
         rename = self._fresh_names(staged)
         graphs = {
@@ -92,9 +103,22 @@ class BundleEdit:
         replaced = {
             f for r in graphs if r in old.graphs for f in (old.graphs[r].file, old.graphs[r].weights) if f
         }
+        extras: dict[str, Any] = {}
+        if generators is not None:
+            extras["generators"] = dataclasses.replace(
+                generators, files=tuple(rename[f] for f in generators.files)
+            )
+            remove = [*remove, *(old.generators.files if old.generators else ())]
+        if classifier is not None:
+            extras["classifier"] = dataclasses.replace(classifier, file=rename[classifier.file])
+            remove = [*remove, *([old.classifier.file] if old.classifier else [])]
         files = {k: v for k, v in files.items() if k not in (replaced | set(remove)) - referenced}
         new = dataclasses.replace(
-            old, graphs={**kept_graphs, **graphs}, files=files, metrics={**old.metrics, **(metrics or {})}
+            old,
+            graphs={**kept_graphs, **graphs},
+            files=files,
+            metrics={**old.metrics, **(metrics or {})},
+            **extras,
         )
         new.save(self.dir)  # validates, then the atomic rename that publishes the edit
         self.manifest = new

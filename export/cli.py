@@ -1,4 +1,4 @@
-"""`distilshot export` and `distilshot train-export`. Heavy imports happen inside the commands."""
+"""`distilshot export`, `train-export`, `generator` and `adapt`. Heavy imports happen inside the commands."""
 
 from __future__ import annotations
 
@@ -202,3 +202,92 @@ def train_export(
     }
     exported = export_model(outcome.model, outcome.spec, outcome.run.path / "bundle", results, training)
     _report(exported, json_output, {"run": str(outcome.run.path), "train_seconds": round(outcome.seconds, 1)})
+
+
+@app.command()
+def generator(
+    bundle: Annotated[Path, typer.Option("--bundle", "-b", help="bundle to add feature generators to")],
+    schedule: Annotated[
+        str, typer.Option(help="weaken-student | strengthen-teacher | plain | no-distillation")
+    ] = "weaken-student",
+    members: Annotated[int, typer.Option(help="ensemble size (one teacher set each)")] = 1,
+    iterations: Annotated[int, typer.Option(help="meta-training episodes per generator")] = 2000,
+    k_max: Annotated[int | None, typer.Option(help="real examples per class of the teacher")] = None,
+    n_way: Annotated[int, typer.Option(help="classes per meta-training episode")] = 5,
+    episodes: Annotated[int, typer.Option(help="evaluation episodes per setting")] = 1000,
+    seed: SeedOpt = 0,
+    json_output: JsonOpt = False,
+) -> None:
+    """Train feature generators by progressive distillation on the bundle's base classes and add them to
+    the bundle; `classify --augment` then completes each class with generated features."""
+    import numpy as np
+
+    from distilshot.export.generator_bundle import add_generators
+    from distilshot.serve.manifest import load_manifest
+    from distilshot.train.data.registry import load_split
+    from distilshot.train.generator import GeneratorConfig
+    from distilshot.train.report import print_results
+
+    if k_max is None:  # the paper's 128, capped by what the base classes hold (Omniglot: 20 drawings)
+        manifest = load_manifest(bundle, verify=False)
+        labels = load_split(manifest.dataset, "train", manifest.preprocessing.height).labels
+        k_max = min(128, int(np.bincount(labels).min()) - 1)
+    cfg = GeneratorConfig(
+        schedule=schedule, members=members, iterations=iterations, k_max=k_max, n_way=n_way, seed=seed
+    )
+    _, results = add_generators(bundle, cfg, episodes)
+    if json_output:
+        typer.echo(
+            json.dumps(
+                {"bundle": str(bundle), "config": cfg.to_dict(), "results": [r.to_dict() for r in results]}
+            )
+        )
+    else:
+        print_results(results, title=f"plain vs generator-augmented prototypes ({schedule}, {members})")
+
+
+@app.command()
+def adapt(
+    bundle: Annotated[Path, typer.Option("--bundle", "-b", help="bundle whose embedder teaches")],
+    store: Annotated[Path, typer.Option("--store", "-s", help="store whose classes the student learns")],
+    out: Annotated[Path, typer.Option(help="folder of the new bundle")],
+    backbone: BackboneOpt = "convnet4",
+    steps: Annotated[int, typer.Option(help="training steps of each REFILLED step")] = 150,
+    new_store: Annotated[
+        Path | None, typer.Option(help="also write a store for the new bundle, its images embedded again")
+    ] = None,
+    seed: SeedOpt = 0,
+    json_output: JsonOpt = False,
+) -> None:
+    """REFILLED adapt mode: distil the bundle's embedder into a small student for exactly the store's
+    classes; the new bundle classifies them with a fixed classifier and still accepts new classes."""
+    from distilshot.export.adapt_bundle import adapt as run_adapt
+    from distilshot.export.adapt_bundle import restore_for
+    from distilshot.serve.manifest import load_manifest
+    from distilshot.train.adapt import AdaptConfig
+    from distilshot.train.presets import dataset_augmentation
+
+    manifest = load_manifest(bundle)
+    augment = dataset_augmentation(manifest.dataset) if manifest.preprocessing.channels == 3 else "none"
+    cfg = AdaptConfig(backbone=backbone, embed_steps=steps, classify_steps=steps, augment=augment, seed=seed)
+    outcome = run_adapt(bundle, store, out, cfg)
+    if new_store is not None:
+        restore_for(outcome.bundle, store, new_store)
+    summary = {
+        "bundle": str(outcome.bundle),
+        "classes": outcome.classes,
+        "images": outcome.images,
+        "fit_accuracy": outcome.fit_accuracy,
+        "max_abs_diff": outcome.max_abs_diff,
+        "store": None if new_store is None else str(new_store),
+    }
+    if json_output:
+        typer.echo(json.dumps(summary))
+    else:
+        typer.echo(
+            f"student bundle: {outcome.bundle} ({len(outcome.classes)} classes, {outcome.images} images, "
+            f"fit accuracy {100 * outcome.fit_accuracy:.1f}%, ONNX vs PyTorch max |diff| "
+            f"{outcome.max_abs_diff:.1e})"
+        )
+        if new_store is not None:
+            typer.echo(f"store for it: {new_store}")

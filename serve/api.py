@@ -223,11 +223,16 @@ def create_app(
         nearest: Annotated[
             bool, Query(description="name each class's support shot nearest to the query")
         ] = False,
+        augment: Annotated[
+            bool, Query(description="complete each class with the bundle's generated features")
+        ] = False,
     ) -> ClassifyOut:
         """Classifies a batch of query images against the registered classes: top-k labels with scores,
         and "unknown" (label null) when the best logit is below the rejection threshold."""
         datas, names = _read_uploads(images)
-        predictions = classifier.classify(datas, top_k, names=names, threshold=threshold, nearest=nearest)
+        predictions = classifier.classify(
+            datas, top_k, names=names, threshold=threshold, nearest=nearest, augment=augment
+        )
         return ClassifyOut(predictions=[PredictionOut(**p.to_dict()) for p in predictions])
 
     @app.get(

@@ -19,6 +19,7 @@ from distilshot.errors import DistilshotError, StoreError
 from distilshot.serve.batching import Batcher
 from distilshot.serve.engines import open_engine
 from distilshot.serve.engines.base import CHUNK_SIZE
+from distilshot.serve.extra_heads import FixedClassifierHead, GeneratorEnsemble, ensemble_logits
 from distilshot.serve.head import PrototypeHead, Prototypes, softmax, top_k_indices
 from distilshot.serve.images import (
     THUMBNAIL_SIDE,
@@ -130,6 +131,10 @@ class FewShotClassifier:
         reembedder = self._reembed_stored if reembed else None
         self.store = SupportStore(store_path, self.manifest.fingerprint(self.engine.role), reembedder)
         self._prepared: tuple[object, Prototypes] | None = None
+        m = self.manifest
+        self.generators = None if m.generators is None else GeneratorEnsemble(self.bundle_dir, m.generators)
+        self.fixed = None if m.classifier is None else FixedClassifierHead(self.bundle_dir, m.classifier)
+        self._augmented: tuple[object, list[dict[str, np.ndarray]]] | None = None
 
     def close(self) -> None:
         self.store.close()
@@ -205,14 +210,26 @@ class FewShotClassifier:
         names: Sequence[str] | None = None,
         threshold: float | None = None,
         nearest: bool = False,
+        augment: bool = False,
     ) -> list[Prediction]:
         """The `top_k` most probable classes (clipped to the number of classes) for each query image, and
         "unknown" when the best logit is below `threshold` (default: the bundle's calibrated threshold).
-        With `nearest`, each top-k class also names its support shot nearest to the query."""
+        With `nearest`, each top-k class also names its support shot nearest to the query.
+
+        With `augment`, every class is completed with the bundle's generated features before its
+        prototype is taken (most useful at 1-2 shots); when the registered classes are exactly those of
+        the bundle's fixed classifier, that classifier decides. The calibrated threshold belongs to the
+        plain prototype head, so those two answer "unknown" only for an explicit `threshold`."""
+        if augment and self.generators is None:
+            raise DistilshotError(
+                f"bundle {self.bundle_dir} has no feature generator; add one with "
+                f"`distilshot generator --bundle {self.bundle_dir}`"
+            )
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise DistilshotError(f"top_k must be at least 1 and a whole number, not {top_k!r}")
         if threshold is not None and not np.isfinite(threshold):
             raise DistilshotError(f"threshold must be a finite number, not {threshold!r}")
+        explicit = threshold is not None
         threshold = self.threshold if threshold is None else float(threshold)
         image_names, pixels, _ = self._read(images, names, thumbnails=False)
         labels, means = self.store.prototypes()
@@ -220,9 +237,20 @@ class FewShotClassifier:
             raise DistilshotError("no classes are registered yet; register some support images first")
         if not image_names:
             return []
-        embeddings, logits = self.batcher.run(pixels, self._prototypes(labels, means))
-        assert logits is not None
-        scores = softmax(logits)
+        if augment or (self.fixed is not None and self.fixed.applies_to(labels)):
+            embeddings, _ = self.batcher.run(pixels, None)
+            if augment:
+                scores, logits = ensemble_logits(
+                    self.head, labels, self._augmented_means(labels, means), embeddings
+                )
+            else:
+                logits = self.fixed.logits(embeddings, labels)
+                scores = softmax(logits)
+            threshold = threshold if explicit else None
+        else:
+            embeddings, logits = self.batcher.run(pixels, self._prototypes(labels, means))
+            assert logits is not None
+            scores = softmax(logits)
         best = top_k_indices(scores, top_k)
         return [
             Prediction(
@@ -248,6 +276,18 @@ class FewShotClassifier:
         shots = self.head.prepare([str(i) for i in ids], vectors)
         logits = self.head.logits({o: v[row : row + 1] for o, v in queries.items()}, shots)
         return ids[int(np.argmax(logits[0]))]
+
+    def _augmented_means(
+        self, labels: list[str], means: dict[str, np.ndarray]
+    ) -> list[dict[str, np.ndarray]]:
+        # generated per store state, like the plain prototypes (the noise is a function of each class)
+        augmented = self._augmented
+        if augmented is None or augmented[0] is not means:
+            assert self.generators is not None
+            shots = {label: self.store.shot_embeddings(label)[1] for label in labels}
+            augmented = (means, self.generators.member_means(labels, shots))
+            self._augmented = augmented
+        return augmented[1]
 
     def _prototypes(self, labels: list[str], means: dict[str, np.ndarray]) -> Prototypes:
         # The store hands back the same `means` object until it changes, so prepare once per change.

@@ -135,6 +135,9 @@ def classify(
         float | None,
         typer.Option("--threshold", help="Answer unknown below this logit (default: the bundle's)."),
     ] = None,
+    augment: Annotated[
+        bool, typer.Option("--augment", help="Complete each class with the bundle's generated features.")
+    ] = False,
     backend: Backend = "auto",
     precision: Precision = "fp32",
     as_json: Json = False,
@@ -143,7 +146,7 @@ def classify(
     if not store.exists():
         raise DistilshotError(f"there is no support store at {store}; register classes first")
     with _classifier(bundle, store, backend, precision) as classifier:
-        predictions = classifier.classify(images, top_k=top_k, threshold=threshold)
+        predictions = classifier.classify(images, top_k=top_k, threshold=threshold, augment=augment)
     if as_json:
         for prediction in predictions:
             typer.echo(json.dumps(prediction.to_dict()))

@@ -89,6 +89,33 @@ class Rejection:
 
 
 @dataclass(frozen=True)
+class Generators:
+    """Feature generators trained by progressive knowledge distillation. Each file is an ONNX graph with
+    inputs "x" [N, d] (a real support embedding), "z" [N, noise_dim] (standard normal noise) and "q"
+    [N, d] (the class mean) and output "feature" [N, d], in the space of embedder output `output`.
+    With augmentation, a class with k support shots gets k_max - k generated features per generator
+    before its prototype is taken; the generators' softmax predictions are averaged."""
+
+    files: tuple[str, ...]
+    output: str
+    dim: int
+    noise_dim: int
+    k_max: int
+    schedule: str
+
+
+@dataclass(frozen=True)
+class FixedClassifier:
+    """A classifier trained for exactly the classes `labels` (REFILLED adapt): the ONNX graph `file` maps
+    embedder output `output` ("embedding" [N, d]) to "logits" [N, len(labels)]. Serving uses it while the
+    registered classes are exactly `labels`, and the prototype head once others are added."""
+
+    file: str
+    output: str
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     method: str
@@ -102,6 +129,8 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)
     created: str = ""
     rejection: Rejection | None = None
+    generators: Generators | None = None
+    classifier: FixedClassifier | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -176,6 +205,8 @@ class Manifest:
                 files={str(k): str(v) for k, v in data["files"].items()},
                 created=str(data.get("created", "")),
                 rejection=_rejection(data.get("rejection")),
+                generators=_generators(data.get("generators")),
+                classifier=_classifier(data.get("classifier")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise BundleError(f"manifest is malformed: {error!r}") from None
@@ -215,6 +246,26 @@ class Manifest:
             raise BundleError("head.temperature must be positive")
         if self.rejection is not None and not (0 < self.rejection.target < 1):
             raise BundleError("rejection.target must lie between 0 and 1")
+        dims = {o.name: o.dim for o in self.embedder.outputs}
+        extra_files = []
+        if self.generators is not None:
+            g = self.generators
+            if dims.get(g.output) != g.dim or not g.files or g.k_max < 2 or g.noise_dim < 1:
+                raise BundleError(
+                    f"generators must work on an embedder output of dim {g.dim}, with files, "
+                    "k_max >= 2 and noise"
+                )
+            extra_files += list(g.files)
+        if self.classifier is not None:
+            c = self.classifier
+            if c.output not in dims or len(c.labels) < 2 or len(set(c.labels)) != len(c.labels):
+                raise BundleError(
+                    "classifier must read an embedder output and name at least two distinct labels"
+                )
+            extra_files.append(c.file)
+        for file in extra_files:
+            if file not in self.files:
+                raise BundleError(f"file {file!r} has no sha256 in manifest.files")
 
     def _validate_graph(self, role: str, graph: Graph) -> None:
         for file in (graph.file, graph.weights):
@@ -251,6 +302,27 @@ def _rejection(data: dict[str, Any] | None) -> Rejection | None:
         protocol=str(data["protocol"]),
         known_accepted=float(data["known_accepted"]),
         unknown_rejected=float(data["unknown_rejected"]),
+    )
+
+
+def _generators(data: dict[str, Any] | None) -> Generators | None:
+    if data is None:
+        return None
+    return Generators(
+        files=tuple(str(f) for f in data["files"]),
+        output=str(data["output"]),
+        dim=int(data["dim"]),
+        noise_dim=int(data["noise_dim"]),
+        k_max=int(data["k_max"]),
+        schedule=str(data["schedule"]),
+    )
+
+
+def _classifier(data: dict[str, Any] | None) -> FixedClassifier | None:
+    if data is None:
+        return None
+    return FixedClassifier(
+        file=str(data["file"]), output=str(data["output"]), labels=tuple(str(v) for v in data["labels"])
     )
 
 

@@ -1,0 +1,108 @@
+"""Issue 4's deployment forms: generators inside a bundle (serving `augment`), and REFILLED's adapt mode
+(a student bundle with a fixed classifier over a store's classes)."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distilshot.errors import BundleError, DistilshotError
+from distilshot.export.adapt_bundle import adapt, restore_for
+from distilshot.export.bundle import write_bundle
+from distilshot.export.generator_bundle import add_generators, export_generator
+from distilshot.serve.classifier import FewShotClassifier
+from distilshot.serve.extra_heads import GeneratorEnsemble
+from distilshot.serve.manifest import Generators, load_manifest
+from distilshot.train.adapt import AdaptConfig
+from distilshot.train.checkpoint import ModelSpec
+from distilshot.train.generator import FeatureGenerator, GeneratorConfig, augment_class
+
+DATA = Path(os.environ["DISTILSHOT_DATA"]) / "omniglot" / "images_evaluation"
+CHARACTERS = ["Angelic/character01", "Keble/character02", "Tibetan/character05", "Oriya/character02"]
+
+
+def drawings(character: str, start: int, count: int) -> list[Path]:
+    return sorted((DATA / character).glob("*.png"))[start : start + count]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    spec = ModelSpec("protonet", "convnet4", 10, 1, 28, (0.92,), (0.21,), "omniglot", {})
+    path, _ = write_bundle(spec.build(seed=0).eval(), spec, tmp_path_factory.mktemp("b") / "bundle")
+    return path
+
+
+def test_served_generation_follows_the_training_rule(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    generator = FeatureGenerator(dim=6, noise_dim=3, hidden=8)
+    torch.nn.init.normal_(generator.net[-1].weight)  # not the identity it starts as
+    export_generator(generator, tmp_path / "g.onnx")
+    ensemble = GeneratorEnsemble(tmp_path, Generators(("g.onnx",), "embedding", 6, 3, 8, "plain"))
+    real = np.random.default_rng(1).standard_normal((2, 6)).astype(np.float32)
+    (served,) = ensemble.generate(real, 5, seed=7)
+    noise = np.random.default_rng(7).standard_normal((5, 3)).astype(np.float32)
+    with torch.no_grad():
+        trained = augment_class(generator, torch.from_numpy(real), 5, torch.from_numpy(noise)).numpy()
+    np.testing.assert_allclose(served, trained, atol=1e-5)
+
+
+def test_generators_join_the_bundle_and_serve_augmented_predictions(bundle: Path, tmp_path: Path) -> None:
+    with pytest.raises(DistilshotError, match="no feature generator"):
+        FewShotClassifier(bundle).classify(drawings(CHARACTERS[0], 0, 1), augment=True)
+    cfg = GeneratorConfig(schedule="weaken-student", iterations=30, k_max=10, members=2, seed=0)
+    manifest, results = add_generators(bundle, cfg, episodes=20)
+    assert manifest.generators is not None and len(manifest.generators.files) == 2
+    assert [r.k_shot for r in results] == [1, 1, 5, 5] and "2 generators" in results[1].classifier
+    assert any("[weaken-student]" in key for key in manifest.metrics)
+    first_files = manifest.generators.files
+    manifest, _ = add_generators(bundle, cfg, episodes=20)  # replaced, not accumulated
+    on_disk = {p.relative_to(bundle).as_posix() for p in (bundle / "generators").rglob("*.onnx")}
+    on_disk |= {p.relative_to(bundle).as_posix() for p in bundle.glob("generators-*/*.onnx")}
+    assert on_disk == set(manifest.generators.files) and set(first_files) != set(manifest.generators.files)
+
+    with FewShotClassifier(bundle) as clf:
+        for character in CHARACTERS[:3]:
+            clf.register(character.replace("/", " "), drawings(character, 0, 1))
+        queries = [drawings(c, 5, 1)[0] for c in CHARACTERS[:3]]
+        augmented = clf.classify(queries, augment=True)
+        again = clf.classify(queries, augment=True)
+    assert [p.top_k for p in augmented] == [p.top_k for p in again]  # the noise is a function of each class
+    assert all(abs(sum(s for _, s in p.top_k) - 1) < 1e-6 for p in augmented)
+
+    generator_file = bundle / manifest.generators.files[0]
+    original = generator_file.read_bytes()
+    generator_file.write_bytes(original[:-4] + b"\0\0\0\0")
+    try:
+        with pytest.raises(BundleError, match="sha256"):
+            FewShotClassifier(bundle)
+    finally:
+        generator_file.write_bytes(original)
+
+
+def test_adapt_builds_a_student_bundle_with_a_fixed_classifier(bundle: Path, tmp_path: Path) -> None:
+    store = tmp_path / "classes.db"
+    with FewShotClassifier(bundle, store) as clf:
+        for character in CHARACTERS[:3]:
+            clf.register(character.replace("/", " "), drawings(character, 0, 4))
+    cfg = AdaptConfig(embed_steps=10, classify_steps=30, augment="none")
+    outcome = adapt(bundle, store, tmp_path / "student", cfg)
+    assert outcome.images == 12 and outcome.max_abs_diff <= 1e-3
+    manifest = load_manifest(outcome.bundle)
+    assert manifest.classifier is not None and sorted(manifest.classifier.labels) == sorted(outcome.classes)
+    assert json.loads((outcome.bundle / "manifest.json").read_text())["method"] == "refilled-classify"
+
+    new_store = tmp_path / "student.db"
+    restore_for(outcome.bundle, store, new_store)
+    with FewShotClassifier(outcome.bundle, new_store) as clf:
+        assert sorted(c.name for c in clf.classes()) == sorted(outcome.classes)
+        fixed = clf.classify(drawings(CHARACTERS[0], 0, 4))
+        assert clf.fixed is not None and clf.fixed.applies_to([c.name for c in clf.classes()])
+        assert {p.top_k[0][0] for p in fixed} == {CHARACTERS[0].replace("/", " ")}  # its own training images
+        clf.register("new class", drawings(CHARACTERS[3], 0, 2))
+        mixed = clf.classify(drawings(CHARACTERS[3], 2, 1))  # prototypes again: four classes
+        assert len(mixed[0].top_k) == 4
+    with pytest.raises(DistilshotError, match="already exists"):
+        adapt(bundle, store, tmp_path / "student", cfg)
