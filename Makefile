@@ -19,7 +19,7 @@ ifneq ($(wildcard ../shared/data),)
 export DISTILSHOT_DATA ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install train-export test lint bench results clean demo
+.PHONY: install train-export test lint bench results results-refilled results-generators clean demo
 
 install: $(STAMP) $(CHROMIUM)
 
@@ -51,6 +51,15 @@ bench: install
 # Every method (quick preset) on Omniglot and CIFAR-FS -> reproduce/results.md (hours on 2 CPU cores; resumable)
 results: install
 	$(BIN)/python reproduce/run.py
+
+# REFILLED (issue 4): middle-shot table and compress mode, on CIFAR-FS; needs `make results` first
+results-refilled: install
+	$(BIN)/python reproduce/middle_shot.py reproduce/runs/cifar-fs-pretrain/checkpoints/best.pt
+	$(BIN)/python reproduce/compress.py
+
+# Feature generators (issue 4): plain vs augmented prototypes; needs `make results` first
+results-generators: install
+	$(BIN)/python reproduce/generators.py
 
 lint: install
 	$(BIN)/ruff check .
