@@ -4,6 +4,7 @@ preset, the method's preset for that dataset family, then the caller's explicit 
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from distilshot.errors import ConfigError
@@ -23,6 +24,31 @@ _DATASET: dict[str, dict[str, Any]] = {
 }
 
 _SGD_RFS = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4}
+
+# REFILLED (supplement 2.1, cross-task): both steps SGD momentum 0.9, batch 128, 200 epochs, lr 0.1 times
+# 0.2 every 50 epochs (teacher temperature 2, lambda 0.01 decaying by exp(-0.05) per epoch: the methods'
+# defaults). Batches are class-balanced (16 classes x 8) so that every anchor has triplet neighbours.
+_REFILLED_PAPER = {
+    **_SGD_RFS,
+    "lr": 0.1,
+    "schedule": "step",
+    "milestones": [50, 100, 150],
+    "gamma": 0.2,
+    "epochs": 200,
+    "steps_per_epoch": 0,
+    "n_way": 16,
+    "k_shot": 8,
+}
+# 6 x 100 balanced batches of 128 per step: ~2-3 CPU minutes each on CIFAR-FS with a ConvNet-4 student
+_REFILLED_QUICK = {
+    **_SGD_RFS,
+    "lr": 0.05,
+    "schedule": "cosine",
+    "epochs": 6,
+    "steps_per_epoch": 100,
+    "n_way": 16,
+    "k_shot": 8,
+}
 
 _METHOD: dict[tuple[str, str], dict[str, Any]] = {
     # Snell et al. 2017: Adam 1e-3 halved every 2000 episodes; 60-way training on Omniglot, 30-way else.
@@ -192,50 +218,9 @@ _METHOD: dict[tuple[str, str], dict[str, Any]] = {
         "n_query": 15,
         "rotated_classes": False,
     },
-    # REFILLED (supplement 2.1, cross-task): both steps SGD momentum 0.9, batch 128, 200 epochs, lr 0.1 times
-    # 0.2 every 50 epochs, teacher temperature 2, lambda 0.01 decaying by exp(-0.05) per epoch. Batches are
-    # class-balanced (16 classes x 8) so that every anchor has neighbours for its triplets.
-    ("refilled-embed", "paper"): {
-        **_SGD_RFS,
-        "lr": 0.1,
-        "schedule": "step",
-        "milestones": [50, 100, 150],
-        "gamma": 0.2,
-        "epochs": 200,
-        "steps_per_epoch": 0,
-        "n_way": 16,
-        "k_shot": 8,
-    },
-    ("refilled-classify", "paper"): {
-        **_SGD_RFS,
-        "lr": 0.1,
-        "schedule": "step",
-        "milestones": [50, 100, 150],
-        "gamma": 0.2,
-        "epochs": 200,
-        "steps_per_epoch": 0,
-        "n_way": 16,
-        "k_shot": 8,
-    },
-    # 6 x 100 balanced batches of 128 per step: ~2-3 CPU minutes each on CIFAR-FS with a ConvNet-4 student
-    ("refilled-embed", "quick"): {
-        **_SGD_RFS,
-        "lr": 0.05,
-        "schedule": "cosine",
-        "epochs": 6,
-        "steps_per_epoch": 100,
-        "n_way": 16,
-        "k_shot": 8,
-    },
-    ("refilled-classify", "quick"): {
-        **_SGD_RFS,
-        "lr": 0.05,
-        "schedule": "cosine",
-        "epochs": 6,
-        "steps_per_epoch": 100,
-        "n_way": 16,
-        "k_shot": 8,
-    },
+    # REFILLED: both steps share one schedule (below)
+    **{(step, "paper"): _REFILLED_PAPER for step in ("refilled-embed", "refilled-classify")},
+    **{(step, "quick"): _REFILLED_QUICK for step in ("refilled-embed", "refilled-classify")},
 }
 
 # Dataset-specific schedules, where the general one does not fit.
@@ -279,4 +264,4 @@ def preset_config(method: str, dataset: str, preset: str, **overrides: Any) -> T
     values.update(_METHOD[(method, preset)])
     values.update(_METHOD_DATASET.get((method, preset, family), {}))
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig.from_dict(values)
+    return TrainConfig.from_dict(copy.deepcopy(values))  # presets share lists and dicts: never alias them
