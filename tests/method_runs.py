@@ -1,6 +1,6 @@
-"""Helpers for the end-to-end tests of multi-stage methods: the CLI in a subprocess, and a tiny image
-folder of real Omniglot characters, so that every stage (a ResNet-12 one included) trains and validates
-in seconds."""
+"""Helpers shared by the method and pipeline tests: the CLI in a subprocess, a tiny image folder of real
+Omniglot characters (so that every stage, a ResNet-12 one included, trains and validates in seconds), a
+few optimiser steps on one batch, and the export parity check."""
 
 import os
 import shutil
@@ -8,12 +8,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 DISTILSHOT = str(Path(sys.executable).with_name("distilshot"))
 BACKGROUND = Path(os.environ["DISTILSHOT_DATA"]) / "omniglot" / "images_background"
 
 
-def cli(*args: object, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([DISTILSHOT, *map(str, args)], capture_output=True, text=True, timeout=600)
+def cli(
+    *args: object, ok: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Runs `distilshot ARGS`; `ok=False` expects a user error: status 2, one line, no traceback."""
+    result = subprocess.run(
+        [DISTILSHOT, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
     if ok:
         assert result.returncode == 0, result.stderr
     else:
@@ -30,3 +41,29 @@ def omniglot_folder(root: Path) -> Path:
         for source in chosen:
             shutil.copytree(source, root / split / f"{source.parent.name}-{source.name}")
     return root
+
+
+def train_steps(model, batch, steps: int, lr: float = 1e-3) -> list[float]:
+    """`steps` Adam steps of `model` on one batch; the loss before each."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model.loss(batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def assert_exports_faithfully(model, spec, tmp_path: Path, test_set, **episode: int):
+    """Exports `model` (in eval mode) to a bundle whose head is the model's, and checks that ONNX Runtime
+    plus serving's head predict exactly as PyTorch on real test episodes. Returns (manifest, report)."""
+    from distilshot.export.bundle import write_bundle
+    from distilshot.export.parity import check_parity
+
+    bundle, manifest = write_bundle(model.eval(), spec, tmp_path / "bundle")
+    assert manifest.head.metric == model.head()["metric"]
+    report = check_parity(model, spec, bundle, test_set, **{"episodes": 30, **episode})
+    assert report.identical, report
+    return manifest, report

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from method_runs import assert_exports_faithfully, train_steps
 from torch import nn
 
 from distilshot.errors import ConfigError
@@ -209,8 +210,6 @@ def test_training_steps_reduce_the_loss_on_a_real_episode(cifar_train) -> None:
 
 
 def test_export_parity_of_the_fused_two_view_head(cifar_train, tmp_path: Path) -> None:
-    from distilshot.export.bundle import write_bundle
-    from distilshot.export.parity import check_parity
     from distilshot.serve.engines.registry import open_engine
 
     cfg = preset_config("bml", "cifar-fs", "quick")
@@ -220,17 +219,14 @@ def test_export_parity_of_the_fused_two_view_head(cifar_train, tmp_path: Path) -
     batch = BatchMaker(cifar_train, spec, "none", torch.device("cpu"))(
         episode.indices, torch.Generator().manual_seed(0), n_way=5, k_shot=2, n_query=3
     )
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(3):  # moves the BatchNorm statistics of both views away from their initial values
-        optimizer.zero_grad()
-        model.loss(batch).loss.backward()
-        optimizer.step()
-    bundle, manifest = write_bundle(model.eval(), spec, tmp_path / "bundle")
+    train_steps(
+        model, batch, 3
+    )  # moves the BatchNorm statistics of both views away from their initial values
+    test = load_split("cifar-fs", "test")
+    manifest, report = assert_exports_faithfully(model, spec, tmp_path, test, n_way=5, k_shot=5, episodes=10)
+    bundle = tmp_path / "bundle"
     assert [(o.name, o.dim) for o in manifest.embedder.outputs] == [("global", 256), ("local", 256)]
     assert manifest.head.weights == {"global": 1.0, "local": 1.0} and manifest.head.metric == "euclidean"
-    test = load_split("cifar-fs", "test")
-    report = check_parity(model, spec, bundle, test, n_way=5, k_shot=5, episodes=10)
-    assert report.identical, report
     # the square root turns a rounding difference d of the map into up to sqrt(d): compare the maps
     # (squared embeddings) at 1e-4, the embeddings themselves at sqrt(1e-6)
     assert max(report.max_abs_diff.values()) < 1e-3, report

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from method_runs import cli, omniglot_folder
+from method_runs import assert_exports_faithfully, cli, omniglot_folder, train_steps
 from torch import nn
 
 from distilshot.errors import ConfigError
@@ -170,20 +170,11 @@ def test_meta_learner_matches_the_teachers_relatedness_on_a_real_episode(omniglo
 
 
 def test_meta_learner_export_parity(omniglot_train, tmp_path: Path) -> None:
-    from distilshot.export.bundle import write_bundle
-    from distilshot.export.parity import check_parity
-
     torch.manual_seed(0)
     student, spec, batch = taught_meta_learner(omniglot_train)
-    optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
-    for _ in range(5):  # moves the BatchNorm statistics away from their initial values
-        optimizer.zero_grad()
-        student.loss(batch).loss.backward()
-        optimizer.step()
-    bundle, manifest = write_bundle(student.eval(), spec, tmp_path / "bundle")
-    assert manifest.head.metric == "cosine"
-    report = check_parity(student, spec, bundle, load_split("omniglot", "test"), episodes=30)
-    assert report.identical and max(report.max_abs_diff.values()) < 1e-4, report
+    train_steps(student, batch, 5)  # moves the BatchNorm statistics away from their initial values
+    manifest, report = assert_exports_faithfully(student, spec, tmp_path, load_split("omniglot", "test"))
+    assert manifest.head.metric == "cosine" and max(report.max_abs_diff.values()) < 1e-4, report
 
 
 def test_a_teacher_of_another_backbone_gets_a_twin_to_start_from(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from method_runs import cli, omniglot_folder
+from method_runs import assert_exports_faithfully, cli, omniglot_folder, train_steps
 from torch import nn
 
 from distilshot.errors import ConfigError
@@ -142,20 +142,11 @@ def test_generation_one_loss_decreases_on_a_real_mini_batch(omniglot_train) -> N
 
 
 def test_generation_one_export_parity(omniglot_train, tmp_path: Path) -> None:
-    from distilshot.export.bundle import write_bundle
-    from distilshot.export.parity import check_parity
-
     torch.manual_seed(0)
     student, spec, batch = taught_student(omniglot_train)
-    optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
-    for _ in range(5):  # moves the BatchNorm statistics away from their initial values
-        optimizer.zero_grad()
-        student.loss(batch).loss.backward()
-        optimizer.step()
-    bundle, manifest = write_bundle(student.eval(), spec, tmp_path / "bundle")
-    assert manifest.head.metric == "cosine"
-    report = check_parity(student, spec, bundle, load_split("omniglot", "test"), episodes=30)
-    assert report.identical and max(report.max_abs_diff.values()) < 1e-4, report
+    train_steps(student, batch, 5)  # moves the BatchNorm statistics away from their initial values
+    manifest, report = assert_exports_faithfully(student, spec, tmp_path, load_split("omniglot", "test"))
+    assert manifest.head.metric == "cosine" and max(report.max_abs_diff.values()) < 1e-4, report
 
 
 def test_skd_recipe_end_to_end(tmp_path: Path) -> None:

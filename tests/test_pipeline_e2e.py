@@ -4,20 +4,18 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from method_runs import cli
 
 from distilshot.train.augment import normalize, to_float
 from distilshot.train.checkpoint import load_model
 from distilshot.train.data.decode import decode_image
 from distilshot.train.methods.base import prototype_logits
 
-DISTILSHOT = str(Path(sys.executable).with_name("distilshot"))
 DATA = Path(os.environ["DISTILSHOT_DATA"])
 CHARACTERS = [
     "Angelic/character03",
@@ -26,24 +24,6 @@ CHARACTERS = [
     "Oriya/character02",
     "Tibetan/character05",
 ]
-
-
-def cli(
-    *args: object, env: dict[str, str] | None = None, ok: bool = True
-) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [DISTILSHOT, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, **(env or {})},
-    )
-    if ok:
-        assert result.returncode == 0, result.stderr
-    else:
-        assert result.returncode == 2, (result.returncode, result.stderr)
-        assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr, result.stderr
-    return result
 
 
 @pytest.fixture(scope="module")

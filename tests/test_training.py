@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from method_runs import assert_exports_faithfully, train_steps
 
 from distilshot.train.checkpoint import read_checkpoint
 from distilshot.train.data.imageset import ImageSet
@@ -35,14 +36,7 @@ def test_loss_decreases_on_a_real_mini_batch(method: str, omniglot_train) -> Non
     batch = BatchMaker(omniglot_train, spec, "none", torch.device("cpu"))(
         episode.indices, torch.Generator().manual_seed(0), n_way=10, k_shot=3, n_query=2
     )
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(15):
-        loss = model.loss(batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_steps(model, batch, 15)
     assert losses[-1] < 0.7 * losses[0], losses
 
 
@@ -120,9 +114,6 @@ def test_training_writes_metrics_plots_and_best_checkpoint(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("method", STANDALONE)
 def test_export_parity_per_method(method: str, omniglot_train, tmp_path: Path) -> None:
-    from distilshot.export.bundle import write_bundle
-    from distilshot.export.parity import check_parity
-
     cfg = preset_config(method, "omniglot", "quick")
     spec = model_spec(cfg, omniglot_train.num_classes)
     model = spec.build(seed=0).train()
@@ -130,15 +121,9 @@ def test_export_parity_per_method(method: str, omniglot_train, tmp_path: Path) -
     batch = BatchMaker(omniglot_train, spec, "none", torch.device("cpu"))(
         episode.indices, torch.Generator().manual_seed(0), n_way=10, k_shot=3, n_query=2
     )
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(5):  # moves the BatchNorm statistics away from their initial values
-        optimizer.zero_grad()
-        model.loss(batch).loss.backward()
-        optimizer.step()
-    bundle, manifest = write_bundle(model.eval(), spec, tmp_path / "bundle")
-    assert manifest.head.metric == model.head()["metric"]
-    report = check_parity(model, spec, bundle, load_split("omniglot", "test"), episodes=30)
-    assert report.identical and max(report.max_abs_diff.values()) < 1e-4, report
+    train_steps(model, batch, 5)  # moves the BatchNorm statistics away from their initial values
+    _, report = assert_exports_faithfully(model, spec, tmp_path, load_split("omniglot", "test"))
+    assert max(report.max_abs_diff.values()) < 1e-4, report
 
 
 def test_evaluation_can_restrict_a_model_to_some_outputs(omniglot_train) -> None:
