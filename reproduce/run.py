@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 from published import PUBLISHED
@@ -83,6 +84,17 @@ def comparisons(method: str, run: Path) -> list[tuple[str, Path, str | None]]:
     return rows
 
 
+def log_span(run: Path) -> float:
+    """Wall time of a resumed run: first to last line of its train logs (time before a restart included)."""
+    stamps = [
+        datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+        for log in run.rglob("train.log")
+        for line in log.read_text().splitlines()
+        if line[:4].isdigit()
+    ]
+    return (max(stamps) - min(stamps)).total_seconds()
+
+
 def run_one(dataset: str, method: str) -> dict:
     run = RUNS / f"{dataset}-{method}"
     result_file = run / "result.json"
@@ -111,7 +123,7 @@ def run_one(dataset: str, method: str) -> dict:
         "dataset": dataset,
         "method": method,
         "command": "distilshot " + " ".join(command),
-        "train_seconds": round(seconds) if not resume else None,
+        "train_seconds": round(log_span(run) if resume else seconds),
         "rows": rows,
     }
     result_file.write_text(json.dumps(result, indent=2) + "\n")

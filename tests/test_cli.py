@@ -13,8 +13,8 @@ from distilshot.train.cli import parse_params, request_from_options
 DISTILSHOT = str(Path(sys.executable).with_name("distilshot"))
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([DISTILSHOT, *args], capture_output=True, text=True, timeout=120)
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([DISTILSHOT, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
 
 
 def test_help_lists_every_stage_command() -> None:
@@ -24,14 +24,15 @@ def test_help_lists_every_stage_command() -> None:
         assert command in result.stdout
 
 
-def test_unknown_choices_are_user_errors() -> None:
+def test_unknown_choices_are_user_errors_that_leave_no_run_folder(tmp_path: Path) -> None:
     for args, message in [
         (["train", "--method", "maml"], "unknown method 'maml'"),
         (["train", "--preset", "huge"], "unknown preset 'huge'"),
         (["train", "--dataset", "imagenet-21k"], "unknown dataset 'imagenet-21k'"),
     ]:
-        result = run(*args)
+        result = run(*args, cwd=tmp_path)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+        assert list(tmp_path.iterdir()) == [], f"{args} left {list(tmp_path.iterdir())}"
 
 
 def test_set_parses_json_values_into_method_params() -> None:

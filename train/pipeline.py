@@ -87,6 +87,9 @@ def train(request: TrainRequest, run_dir: Path, resume: bool = False) -> TrainOu
         raise ConfigError(
             f"{run_dir} already holds a run; continue it with --resume or use another --run-dir"
         )
+    # Check every option before the run folder exists, so a bad request leaves nothing behind.
+    configs = {stage.name: request.stage_config(stage) for stage in request.stages}
+    dataset_info(request.dataset)
     run = RunFolder(run_dir)
     config_file.write_text(json.dumps(request.to_dict(), indent=2) + "\n")
     single = len(request.stages) == 1
@@ -97,7 +100,7 @@ def train(request: TrainRequest, run_dir: Path, resume: bool = False) -> TrainOu
             continue
         folder = run_dir if single else run_dir / stage.name
         start = time.perf_counter()
-        model, spec = _train_stage(request.stage_config(stage), stage, folder, best, resume)
+        model, spec = _train_stage(configs[stage.name], stage, folder, best, resume)
         best[stage.name] = RunFolder(folder).best
         outcomes.append(StageOutcome(stage.name, stage.method, best[stage.name], time.perf_counter() - start))
     if not single:
