@@ -7,7 +7,7 @@ CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 # What `make train-export` trains (override on the command line: make train-export METHOD=pretrain ...)
-METHOD ?= pretrain
+METHOD ?= bml
 DATASET ?= omniglot
 BACKBONE ?= convnet4
 PRESET ?= quick
@@ -29,14 +29,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[train,cpu,openvino,demo,dev]'
 	@touch $@
 
-# The demo's browser test drives Debian's chromium through Playwright (never `playwright install`).
+# The demo's browser test (`make test` only) drives Debian's chromium through Playwright (never
+# `playwright install`).
 $(CHROMIUM):
 	$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium
 
-train-export: install
+train-export: $(STAMP)
 	$(BIN)/distilshot train-export --method $(METHOD) --dataset $(DATASET) --backbone $(BACKBONE) --preset $(PRESET) $(ARGS)
 
-demo: install
+demo: $(STAMP)
 	$(BIN)/distilshot demo $(ARGS)
 
 test: install
@@ -45,20 +46,20 @@ test: install
 
 # Engine and serving benchmarks -> bench/results.md and bench/results.json (BENCH_ARGS=--quick for a short check)
 BENCH_ARGS ?=
-bench: install
+bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 # Every method (quick preset) on Omniglot and CIFAR-FS -> reproduce/results.md (hours on 2 CPU cores; resumable)
-results: install
+results: $(STAMP)
 	$(BIN)/python reproduce/run.py
 
 # REFILLED (issue 4): middle-shot table and compress mode, on CIFAR-FS; needs `make results` first
-results-refilled: install
+results-refilled: $(STAMP)
 	$(BIN)/python reproduce/middle_shot.py reproduce/runs/cifar-fs-pretrain/checkpoints/best.pt
 	$(BIN)/python reproduce/compress.py
 
 # Feature generators (issue 4): plain vs augmented prototypes; needs `make results` first
-results-generators: install
+results-generators: $(STAMP)
 	$(BIN)/python reproduce/generators.py
 
 lint: install

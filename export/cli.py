@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from distilshot.train.cli import (
+    DEFAULT_METHOD,
     BackboneOpt,
     DatasetOpt,
     DeviceOpt,
@@ -145,7 +146,7 @@ def _check_row(check: dict) -> tuple[str, str]:
 
 @app.command(name="train-export")
 def train_export(
-    method: MethodOpt = "pretrain",
+    method: MethodOpt = DEFAULT_METHOD,
     dataset: DatasetOpt = "omniglot",
     backbone: BackboneOpt = "convnet4",
     preset: PresetOpt = "quick",

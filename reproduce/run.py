@@ -85,14 +85,22 @@ def comparisons(method: str, run: Path) -> list[tuple[str, Path, str | None]]:
 
 
 def log_span(run: Path) -> float:
-    """Wall time of a resumed run: first to last line of its train logs (time before a restart included)."""
-    stamps = [
-        datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
-        for log in run.rglob("train.log")
-        for line in log.read_text().splitlines()
-        if line[:4].isdigit()
-    ]
-    return (max(stamps) - min(stamps)).total_seconds()
+    """Wall time of a resumed run from its train logs: each training session (a log line "training ...")
+    counts from its first to its last line, so the time between an interruption and the resume is not."""
+    total = 0.0
+    for log in run.rglob("train.log"):
+        start = last = None
+        for line in log.read_text().splitlines():
+            if not line[:4].isdigit():
+                continue
+            stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+            if " INFO training " in line:
+                total += (last - start).total_seconds() if start else 0.0
+                start = stamp
+            start = start or stamp
+            last = stamp
+        total += (last - start).total_seconds() if start else 0.0
+    return total
 
 
 def run_one(dataset: str, method: str) -> dict:

@@ -196,7 +196,7 @@ def test_training_steps_reduce_the_loss_on_a_real_episode(cifar_train) -> None:
     model.set_progress(5, 10)  # with the elastic margin
     episode = next(iter(EpisodeSampler(cifar_train.labels, 5, 2, 3, 1, seed=0)))
     batch = BatchMaker(cifar_train, spec, "none", torch.device("cpu"))(
-        episode.indices, torch.Generator().manual_seed(0), n_way=5, k_shot=2, n_query=3
+        episode, torch.Generator().manual_seed(0)
     )
     optimizer, _ = build_optimizer(model, cfg, steps_total=100)  # the preset's SGD, lr 0.1
     losses = []
@@ -217,7 +217,7 @@ def test_export_parity_of_the_fused_two_view_head(cifar_train, tmp_path: Path) -
     model = spec.build(seed=0).train()
     episode = next(iter(EpisodeSampler(cifar_train.labels, 5, 2, 3, 1, seed=0)))
     batch = BatchMaker(cifar_train, spec, "none", torch.device("cpu"))(
-        episode.indices, torch.Generator().manual_seed(0), n_way=5, k_shot=2, n_query=3
+        episode, torch.Generator().manual_seed(0)
     )
     train_steps(
         model, batch, 3

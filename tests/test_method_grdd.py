@@ -135,7 +135,7 @@ def taught_meta_learner(omniglot_train):
     student.set_teacher(teacher_spec.build(seed=1))
     episode = next(iter(EpisodeSampler(omniglot_train.labels, 5, 2, 4, 1, seed=0)))
     batch = BatchMaker(omniglot_train, spec, "none", torch.device("cpu"))(
-        episode.indices, torch.Generator().manual_seed(0), n_way=5, k_shot=2, n_query=4
+        episode, torch.Generator().manual_seed(0)
     )
     return student, spec, batch
 

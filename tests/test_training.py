@@ -34,7 +34,7 @@ def test_loss_decreases_on_a_real_mini_batch(method: str, omniglot_train) -> Non
     model = spec.build().train()
     episode = next(iter(EpisodeSampler(omniglot_train.labels, 10, 3, 2, 1, seed=0)))
     batch = BatchMaker(omniglot_train, spec, "none", torch.device("cpu"))(
-        episode.indices, torch.Generator().manual_seed(0), n_way=10, k_shot=3, n_query=2
+        episode, torch.Generator().manual_seed(0)
     )
     losses = train_steps(model, batch, 15)
     assert losses[-1] < 0.7 * losses[0], losses
@@ -119,11 +119,12 @@ def test_export_parity_per_method(method: str, omniglot_train, tmp_path: Path) -
     model = spec.build(seed=0).train()
     episode = next(iter(EpisodeSampler(omniglot_train.labels, 10, 3, 2, 1, seed=0)))
     batch = BatchMaker(omniglot_train, spec, "none", torch.device("cpu"))(
-        episode.indices, torch.Generator().manual_seed(0), n_way=10, k_shot=3, n_query=2
+        episode, torch.Generator().manual_seed(0)
     )
     train_steps(model, batch, 5)  # moves the BatchNorm statistics away from their initial values
     _, report = assert_exports_faithfully(model, spec, tmp_path, load_split("omniglot", "test"))
-    assert max(report.max_abs_diff.values()) < 1e-4, report
+    # BML's sqrt(ReLU) outputs magnify float rounding near zero (d sqrt(x) = dx / 2 sqrt(x))
+    assert max(report.max_abs_diff.values()) < (5e-4 if method == "bml" else 1e-4), report
 
 
 def test_evaluation_can_restrict_a_model_to_some_outputs(omniglot_train) -> None:

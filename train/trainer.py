@@ -27,7 +27,7 @@ from distilshot.train.data.imageset import ImageSet
 from distilshot.train.evaluation import evaluate_episodes, extract_features
 from distilshot.train.methods.base import Batch, Method
 from distilshot.train.plots import plot_curves
-from distilshot.train.samplers import ClassBalancedBatchSampler, EpisodeSampler, RandomBatchSampler
+from distilshot.train.samplers import ClassBalancedBatchSampler, Episode, EpisodeSampler, RandomBatchSampler
 
 log = logging.getLogger("distilshot.train")
 
@@ -73,18 +73,37 @@ def build_optimizer(model: Method, cfg: TrainConfig, steps_total: int) -> tuple[
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+Sampler = EpisodeSampler | ClassBalancedBatchSampler | RandomBatchSampler
+
+
+def build_sampler(sampling: str, cfg: TrainConfig, labels: np.ndarray) -> Sampler:
+    """The sampler a method's `sampling` asks for, sized by the config."""
+    if sampling == "episodes":
+        return EpisodeSampler(labels, cfg.n_way, cfg.k_shot, cfg.n_query, cfg.steps_per_epoch, cfg.seed)
+    if sampling == "balanced":  # n_way classes x k_shot images: every image has same-class peers
+        batches = cfg.steps_per_epoch or len(labels) // (cfg.n_way * cfg.k_shot)
+        return ClassBalancedBatchSampler(labels, cfg.n_way, cfg.k_shot, batches, cfg.seed)
+    return RandomBatchSampler(len(labels), cfg.batch_size, cfg.seed, cfg.steps_per_epoch or None)
+
+
 class BatchMaker:
-    """Turns sampled indices into a normalised, augmented batch on the device."""
+    """Turns what a sampler yields (indices, or an episode, whose shape goes with it to the method) into
+    a normalised, augmented batch on the device."""
 
     def __init__(self, data: ImageSet, spec: ModelSpec, augment: str, device: torch.device) -> None:
         self.data, self.spec, self.device = data, spec, device
         self.augmenter = Augmenter(augment, spec.image_size)
         self.labels = torch.from_numpy(data.labels)
 
-    def __call__(self, indices: np.ndarray, generator: torch.Generator, **episode: int) -> Batch:
-        x = self.augmenter(to_float(self.data.images[indices]), generator)
+    def __call__(self, item: np.ndarray | Episode, generator: torch.Generator) -> Batch:
+        shape = {}
+        if isinstance(item, Episode):
+            (n_way, k_shot), n_query = item.support.shape, item.query.shape[1]
+            shape = {"n_way": n_way, "k_shot": k_shot, "n_query": n_query}
+            item = item.indices
+        x = self.augmenter(to_float(self.data.images[item]), generator)
         x = normalize(x.to(self.device, non_blocking=True), self.spec.mean, self.spec.std)
-        return Batch(x, self.labels[indices].to(self.device), **episode)
+        return Batch(x, self.labels[item].to(self.device), **shape)
 
 
 @dataclass
@@ -133,19 +152,7 @@ class Trainer:
         self.model.to(self.device)
         self.train_set, self.val_set = train_set, val_set
         self.make_batch = BatchMaker(train_set, spec, cfg.augment, self.device)
-        if model.sampling == "episodes":
-            self.sampler: EpisodeSampler | RandomBatchSampler = EpisodeSampler(
-                train_set.labels, cfg.n_way, cfg.k_shot, cfg.n_query, cfg.steps_per_epoch, cfg.seed
-            )
-        elif model.sampling == "balanced":  # n_way classes x k_shot images: every image has same-class peers
-            batches = cfg.steps_per_epoch or len(train_set.labels) // (cfg.n_way * cfg.k_shot)
-            self.sampler = ClassBalancedBatchSampler(
-                train_set.labels, cfg.n_way, cfg.k_shot, batches, cfg.seed
-            )
-        else:
-            self.sampler = RandomBatchSampler(
-                len(train_set.labels), cfg.batch_size, cfg.seed, cfg.steps_per_epoch or None
-            )
+        self.sampler = build_sampler(model.sampling, cfg, train_set.labels)
         self.optimizer, self.scheduler = build_optimizer(model, cfg, len(self.sampler) * cfg.epochs)
         self.history: list[dict[str, Any]] = []
         self.best_val = -1.0
@@ -188,16 +195,7 @@ class Trainer:
         images = 0
         start = time.perf_counter()
         for step, item in enumerate(self.sampler, start=1):
-            if self.model.sampling == "episodes":
-                batch = self.make_batch(
-                    item.indices,
-                    generator,
-                    n_way=self.cfg.n_way,
-                    k_shot=self.cfg.k_shot,
-                    n_query=self.cfg.n_query,
-                )
-            else:
-                batch = self.make_batch(item, generator)
+            batch = self.make_batch(item, generator)
             with self._autocast():
                 out = self.model.loss(batch)
             if not torch.isfinite(out.loss):
