@@ -240,9 +240,9 @@ _METHOD_DATASET: dict[tuple[str, str, str], dict[str, Any]] = {
     # 15-way 5-shot episodes over the 815 plain characters, lr 0.01, 10 x 150: 83.5%; the 3,260 rotation
     # classes in 60-way episodes (more classes per step for the global view): 60-way 2-shot 1-query, 14 x
     # 150 at lr 0.01 / 0.03: 87.1 / 89.4%; 16 x 150 at 0.05: 90.3% (12 min); 13 x 150 at 0.1: 88.2%;
-    # 60-way 1-shot 1-query, 18 x 150 at 0.05: 90.0% in 7 min (its 120-image episodes train ~35% faster
-    # per image); 20 x 200: 91.4% (1000 episodes), but 15 min in all with the install on a slow day.
-    # So: 1-shot 1-query, lr 0.05, 17 x 200 episodes, ~10 CPU minutes.
+    # 60-way 1-shot 1-query (120-image episodes), 18 x 150 at 0.05: 90.0% in 7 min; 20 x 200: 91.4% (1000
+    # episodes), but 15 min in all with the install on a slow day. So: 1-shot 1-query, lr 0.05, 17 x 200
+    # episodes, ~10 CPU minutes.
     ("bml", "quick", "omniglot"): {
         "rotated_classes": True,
         "n_way": 60,
