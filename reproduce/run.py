@@ -168,18 +168,11 @@ def markdown(results: list[dict]) -> str:
                     f"{cell(s, '1-shot logreg')} | {cell(s, '5-shot logreg')} | {minutes} | {pub} |"
                 )
         lines.append("")
+    scores = [v for r in results for row in r["rows"] for v in row["scores"].values()]
+    protocols = sorted({v["protocol"].split(", ", 1)[1] for v in scores})
+    lines += ["Protocols (5-way; [view]: one of BML's views alone):", ""]
+    lines += [f"- {p}" for p in protocols]
     lines += [
-        "Protocols: "
-        + "; ".join(
-            sorted(
-                {
-                    v["protocol"].split(", ", 1)[1]
-                    for r in results
-                    for row in r["rows"]
-                    for v in row["scores"].values()
-                }
-            )
-        ),
         "",
         "Commands (each followed by `distilshot eval` of the checkpoints listed):",
         "",
