@@ -3,7 +3,7 @@ CIFAR-FS: the same frozen embedder (the quick `pretrain` run of `make results`),
 generators trained without distillation, with plain distillation, with progressive distillation
 ("weakening the student") and as an ensemble. Writes reproduce/generators.md and .json.
 
-    python reproduce/generators.py [--iterations 2000] [--members 3]
+    python reproduce/generators.py [--iterations 2000] [--members 3] [--datasets omniglot,cifar-fs]
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=2000)
     parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--episodes", type=int, default=1000)
+    parser.add_argument("--datasets", default="omniglot,cifar-fs")
     args = parser.parse_args()
     report = {}
     lines = []
-    for dataset in ("omniglot", "cifar-fs"):
+    for dataset in args.datasets.split(","):
         checkpoint = HERE / "runs" / f"{dataset}-pretrain" / "checkpoints" / "best.pt"
         model, spec, _ = load_model(checkpoint)
         train = load_split(dataset, "train", spec.image_size)
