@@ -89,7 +89,8 @@ def measure(method: str, dataset: str, steps: int, rounds: int) -> dict[str, Any
             out.loss.backward()
             optimizer.step()
 
-    images = round(steps * float(np.mean([len(b.images) for b in kept])))
+    per_batch = float(np.mean([len(b.images) for b in kept]))
+    images = round(steps * per_batch)
     result = median(
         interleaved(
             {
@@ -115,5 +116,5 @@ def measure(method: str, dataset: str, steps: int, rounds: int) -> dict[str, Any
         "steps": steps,
         "rounds": rounds,
         "threads": torch.get_num_threads(),
-        "images_per_batch": float(np.mean([len(b.images) for b in kept])),
+        "images_per_batch": per_batch,
     }

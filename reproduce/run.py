@@ -89,17 +89,17 @@ def log_span(run: Path) -> float:
     counts from its first to its last line, so the time between an interruption and the resume is not."""
     total = 0.0
     for log in run.rglob("train.log"):
-        start = last = None
+        first = last = None
         for line in log.read_text().splitlines():
             if not line[:4].isdigit():
                 continue
             stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
-            if " INFO training " in line:
-                total += (last - start).total_seconds() if start else 0.0
-                start = stamp
-            start = start or stamp
-            last = stamp
-        total += (last - start).total_seconds() if start else 0.0
+            if first and " INFO training " in line:  # a new session: close the previous one
+                total += (last - first).total_seconds()
+                first = None
+            first, last = first or stamp, stamp
+        if first:
+            total += (last - first).total_seconds()
     return total
 
 
