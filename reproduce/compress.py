@@ -1,7 +1,7 @@
 """REFILLED's compress mode on CIFAR-FS with the quick budget: a ResNet-12 teacher distilled into a
 ConvNet-4 and a MobileNet-0.5 student, each beside the same student trained from scratch for as many
 images. Reports 5-way accuracy and the exported embedder's size and ONNX Runtime latency on this CPU.
-Writes reproduce/compress.md and .json; re-running reuses finished runs.
+Writes reproduce/compress.md and .json; re-running reuses finished runs and resumes interrupted ones.
 
     python reproduce/compress.py
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from timing import log_span
 
 from distilshot.export.bundle import write_bundle
 from distilshot.train.checkpoint import load_model
@@ -30,14 +31,14 @@ COMMON = ["--dataset", "cifar-fs", "--preset", "quick"]
 
 
 def train(run: Path, *args: str) -> float:
-    """Trains into `run` unless it finished before; returns the wall time (0 when reused)."""
-    if (run / "checkpoints" / "best.pt").is_file():
-        return 0.0
-    command = [DISTILSHOT, "train", *args, *COMMON, "--run-dir", str(run), "--json"]
-    print("$", " ".join(command[1:]), flush=True)
-    start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    """Trains into `run` unless it finished before, continuing an interrupted run; returns the wall time
+    of its training sessions."""
+    if not (run / "checkpoints" / "best.pt").is_file():
+        where = ["--resume", str(run)] if (run / "config.json").is_file() else ["--run-dir", str(run)]
+        command = [DISTILSHOT, "train", *args, *COMMON, *where, "--json"]
+        print("$", " ".join(command[1:]), flush=True)
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return log_span(run)
 
 
 def latency(checkpoint: Path) -> dict[str, float]:

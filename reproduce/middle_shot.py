@@ -1,9 +1,10 @@
 """REFILLED's middle-shot table (supplement Table 3) on CIFAR-FS with the quick budget: 5-way K-shot tasks
 from the test classes, K = 1, 5, 10, 30, 15 queries per class. For every task: the teacher's 1-NN and
 prototype classifiers (no training), a ConvNet-4 student trained on the task from scratch, and the same
-student trained with REFILLED from the teacher. Writes reproduce/middle_shot.md and .json.
+student trained with REFILLED from the teacher. Writes reproduce/middle_shot.md and .json; re-running keeps
+the K already finished with the same teacher and trial count.
 
-    python reproduce/middle_shot.py TEACHER_CHECKPOINT [--trials 30]
+    python reproduce/middle_shot.py TEACHER_CHECKPOINT [--trials 10]
 """
 
 from __future__ import annotations
@@ -35,27 +36,34 @@ PUBLISHED = {  # supplement Table 3: miniImageNet, ConvNet-4 student (84 px), 60
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("teacher", type=Path)
-    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--shots", default="1,5,10,30")
     args = parser.parse_args()
     teacher, spec, _ = load_model(args.teacher)
     data = load_split(spec.dataset, "test", spec.image_size)
-    rows: dict[str, dict[int, list[float]]] = {}
-    start = time.perf_counter()
+    out = HERE / "middle_shot.json"
+    # finished K are kept, so an interrupted run continues with the next K
+    setting = {"teacher": str(args.teacher), "trials": args.trials}
+    done = json.loads(out.read_text()) if out.is_file() else {}
+    summary: dict[str, dict[str, dict]] = (
+        done.get("classifiers", {}) if done.get("setting") == setting else {}
+    )
+    seconds: dict[str, float] = done.get("seconds", {}) if summary else {}
     for k in map(int, args.shots.split(",")):
+        if str(k) in seconds:
+            continue
+        start = time.perf_counter()
+        rows: dict[str, list[float]] = {}
         for trial, episode in enumerate(EpisodeSampler(data.labels, 5, k, 15, args.trials, seed=k)):
             support, query = episode.support.ravel(), episode.query.ravel()
             s_labels, q_labels = np.repeat(np.arange(5), k), np.repeat(np.arange(5), 15)
             with torch.no_grad():
-                t_s = F.normalize(
-                    teacher.embed(normalize(to_float(data.images[support]), spec.mean, spec.std))[
-                        "embedding"
-                    ],
-                    dim=1,
-                )
-                t_q = F.normalize(
-                    teacher.embed(normalize(to_float(data.images[query]), spec.mean, spec.std))["embedding"],
-                    dim=1,
+                t_s, t_q = (
+                    F.normalize(
+                        teacher.embed(normalize(to_float(data.images[i]), spec.mean, spec.std))["embedding"],
+                        dim=1,
+                    )
+                    for i in (support, query)
                 )
             nn_pred = s_labels[(t_q @ t_s.T).argmax(1).numpy()]
             protos = F.normalize(t_s.reshape(5, k, -1).mean(1), dim=1)
@@ -67,23 +75,25 @@ def main() -> None:
                     student_logits(student, data.images[query], spec.mean, spec.std).argmax(1).numpy()
                 )
             for name, pred in results.items():
-                rows.setdefault(name, {}).setdefault(k, []).append(100.0 * float((pred == q_labels).mean()))
+                rows.setdefault(name, []).append(100.0 * float((pred == q_labels).mean()))
             print(
                 f"K={k} trial {trial + 1}/{args.trials}: "
-                + ", ".join(f"{n} {v[k][-1]:.1f}" for n, v in rows.items()),
+                + ", ".join(f"{n} {v[-1]:.1f}" for n, v in rows.items()),
                 flush=True,
             )
-    summary = {
-        name: {
-            k: {"mean": float(np.mean(v)), "ci95": float(1.96 * np.std(v, ddof=1) / math.sqrt(len(v)))}
-            for k, v in by_k.items()
-        }
-        for name, by_k in rows.items()
-    }
-    shots = sorted({k for by_k in rows.values() for k in by_k})
+        for name, accuracies in rows.items():
+            summary.setdefault(name, {})[str(k)] = {
+                "mean": float(np.mean(accuracies)),
+                "ci95": float(1.96 * np.std(accuracies, ddof=1) / math.sqrt(len(accuracies))),
+            }
+        seconds[str(k)] = time.perf_counter() - start
+        out.write_text(
+            json.dumps({"setting": setting, "classifiers": summary, "seconds": seconds}, indent=2) + "\n"
+        )
+    shots = sorted(seconds, key=int)
     lines = [
         f"5-way K-shot on {data.name}, {args.trials} trials per K, 15 queries/class; teacher "
-        f"{spec.method}/{spec.backbone}; ConvNet-4 students, {time.perf_counter() - start:.0f} s",
+        f"{spec.method}/{spec.backbone}; ConvNet-4 students, {sum(seconds.values()) / 60:.0f} min",
         "",
         "| classifier | " + " | ".join(f"K={k}" for k in shots) + " | published (miniImageNet, 600 trials) |",
         "|---" * (len(shots) + 2) + "|",
@@ -95,7 +105,6 @@ def main() -> None:
             + " | ".join(f"{by_k[k]['mean']:.2f} ± {by_k[k]['ci95']:.2f}" for k in shots)
             + f" | {published} |"
         )
-    (HERE / "middle_shot.json").write_text(json.dumps(summary, indent=2) + "\n")
     (HERE / "middle_shot.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

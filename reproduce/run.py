@@ -11,10 +11,10 @@ import json
 import subprocess
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 from published import PUBLISHED
+from timing import log_span
 
 from distilshot.train.recipes import RECIPES
 
@@ -82,25 +82,6 @@ def comparisons(method: str, run: Path) -> list[tuple[str, Path, str | None]]:
             ("bml: local view only", rows[0][1], "local"),
         ]
     return rows
-
-
-def log_span(run: Path) -> float:
-    """Wall time of a resumed run from its train logs: each training session (a log line "training ...")
-    counts from its first to its last line, so the time between an interruption and the resume is not."""
-    total = 0.0
-    for log in run.rglob("train.log"):
-        first = last = None
-        for line in log.read_text().splitlines():
-            if not line[:4].isdigit():
-                continue
-            stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
-            if first and " INFO training " in line:  # a new session: close the previous one
-                total += (last - first).total_seconds()
-                first = None
-            first, last = first or stamp, stamp
-        if first:
-            total += (last - first).total_seconds()
-    return total
 
 
 def run_one(dataset: str, method: str) -> dict:
