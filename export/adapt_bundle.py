@@ -28,7 +28,7 @@ from distilshot.serve.store import SupportStore
 from distilshot.train.adapt import AdaptConfig, student_logits, train_task_student
 from distilshot.train.augment import normalize, to_float
 from distilshot.train.backbones.base import Backbone
-from distilshot.train.checkpoint import ModelSpec
+from distilshot.train.checkpoint import ModelSpec, load_model
 from distilshot.train.data.decode import decode_image
 from distilshot.train.methods.base import Method
 
@@ -96,12 +96,22 @@ class AdaptOutcome:
     max_abs_diff: float
 
 
-def adapt(bundle: Path, store: Path, out: Path, cfg: AdaptConfig, tolerance: float = 1e-3) -> AdaptOutcome:
+def adapt(
+    bundle: Path,
+    store: Path,
+    out: Path,
+    cfg: AdaptConfig,
+    tolerance: float = 1e-3,
+    start: Path | None = None,
+) -> AdaptOutcome:
+    """`start`: a checkpoint whose backbone the student starts from (e.g. the run the bundle was exported
+    from); without it the student starts from random weights."""
     manifest = load_manifest(bundle)
     prep = manifest.preprocessing
     images, labels, names = store_images(store, manifest)
     teacher = BundleTeacher(bundle, manifest)
-    student = train_task_student(images, labels, prep.mean, prep.std, cfg, teacher)
+    initial = None if start is None else load_model(start)[0]
+    student = train_task_student(images, labels, prep.mean, prep.std, cfg, teacher, initial)
     logits = student_logits(student, images, prep.mean, prep.std)
     spec = ModelSpec(
         "refilled-classify",
@@ -120,6 +130,7 @@ def adapt(bundle: Path, store: Path, out: Path, cfg: AdaptConfig, tolerance: flo
             "teacher_fingerprint": manifest.fingerprint(),
             "classes": len(names),
             "images": len(images),
+            "start": None if start is None else Path(start).name,
             "config": cfg.__dict__,
         }
     }

@@ -257,6 +257,13 @@ def adapt(
     new_store: Annotated[
         Path | None, typer.Option(help="also write a store for the new bundle, its images embedded again")
     ] = None,
+    start: Annotated[
+        Path | None,
+        typer.Option(
+            help="checkpoint whose backbone the student starts from, e.g. the run the bundle was exported "
+            "from (same backbone as --backbone); without it, random weights"
+        ),
+    ] = None,
     seed: SeedOpt = 0,
     json_output: JsonOpt = False,
 ) -> None:
@@ -271,7 +278,7 @@ def adapt(
     manifest = load_manifest(bundle)
     augment = dataset_augmentation(manifest.dataset) if manifest.preprocessing.channels == 3 else "none"
     cfg = AdaptConfig(backbone=backbone, embed_steps=steps, classify_steps=steps, augment=augment, seed=seed)
-    outcome = run_adapt(bundle, store, out, cfg)
+    outcome = run_adapt(bundle, store, out, cfg, start=start)
     if new_store is not None:
         restore_for(outcome.bundle, store, new_store)
     summary = {

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from distilshot.errors import ConfigError
 from distilshot.train.adapt import AdaptConfig, student_logits, train_task_student
 from distilshot.train.checkpoint import ModelSpec
 from distilshot.train.data.registry import load_split
@@ -32,3 +33,26 @@ def test_a_task_student_fits_its_support_set(task, distil: bool) -> None:
     assert (logits.argmax(1).numpy() == labels).mean() >= 0.8
     queries = student_logits(student, data.images[episode.query.ravel()], mean, std)
     assert torch.isfinite(queries).all() and queries.shape == (25, 5)
+
+
+def test_a_student_can_start_from_a_base_class_model(task) -> None:
+    data, episode = task
+    mean, std = (0.92,), (0.21,)
+    base = ModelSpec("pretrain", "convnet4", 10, 1, 28, mean, std, "omniglot", {}).build(seed=1).eval()
+    cfg = AdaptConfig(embed_steps=0, classify_steps=0, augment="none", seed=0)
+    images, labels = data.images[episode.support.ravel()], np.repeat(np.arange(5), 5)
+    started = train_task_student(images, labels, mean, std, cfg, teacher=base, start=base)
+    fresh = train_task_student(images, labels, mean, std, cfg, teacher=base)
+    expected = base.backbone.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in started.backbone.state_dict().items())
+    assert not torch.equal(fresh.backbone.state_dict()["stages.0.0.weight"], expected["stages.0.0.weight"])
+
+
+def test_a_student_cannot_start_from_another_architecture(task) -> None:
+    data, episode = task
+    mean, std = (0.92,), (0.21,)
+    other = ModelSpec("pretrain", "resnet12", 10, 1, 28, mean, std, "omniglot", {}).build(seed=1)
+    cfg = AdaptConfig(embed_steps=0, classify_steps=0, augment="none")
+    images, labels = data.images[episode.support.ravel()], np.repeat(np.arange(5), 5)
+    with pytest.raises(ConfigError, match="backbones differ"):
+        train_task_student(images, labels, mean, std, cfg, start=other)

@@ -3,11 +3,13 @@
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from method_runs import cli
 
 from distilshot.errors import BundleError, DistilshotError
 from distilshot.export.adapt_bundle import adapt, restore_for
@@ -17,7 +19,7 @@ from distilshot.serve.classifier import FewShotClassifier
 from distilshot.serve.extra_heads import GeneratorEnsemble
 from distilshot.serve.manifest import Generators, load_manifest
 from distilshot.train.adapt import AdaptConfig
-from distilshot.train.checkpoint import ModelSpec
+from distilshot.train.checkpoint import ModelSpec, save_checkpoint
 from distilshot.train.generator import FeatureGenerator, GeneratorConfig, augment_class
 
 DATA = Path(os.environ["DISTILSHOT_DATA"]) / "omniglot" / "images_evaluation"
@@ -28,10 +30,12 @@ def drawings(character: str, start: int, count: int) -> list[Path]:
     return sorted((DATA / character).glob("*.png"))[start : start + count]
 
 
+SPEC = ModelSpec("protonet", "convnet4", 10, 1, 28, (0.92,), (0.21,), "omniglot", {})
+
+
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    spec = ModelSpec("protonet", "convnet4", 10, 1, 28, (0.92,), (0.21,), "omniglot", {})
-    path, _ = write_bundle(spec.build(seed=0).eval(), spec, tmp_path_factory.mktemp("b") / "bundle")
+    path, _ = write_bundle(SPEC.build(seed=0).eval(), SPEC, tmp_path_factory.mktemp("b") / "bundle")
     return path
 
 
@@ -52,12 +56,15 @@ def test_served_generation_follows_the_training_rule(tmp_path: Path) -> None:
 def test_generators_join_the_bundle_and_serve_augmented_predictions(bundle: Path, tmp_path: Path) -> None:
     with pytest.raises(DistilshotError, match="no feature generator"):
         FewShotClassifier(bundle).classify(drawings(CHARACTERS[0], 0, 1), augment=True)
-    cfg = GeneratorConfig(schedule="weaken-student", iterations=30, k_max=10, members=2, seed=0)
-    manifest, results = add_generators(bundle, cfg, episodes=20)
+    args = ["--iterations", 30, "--k-max", 10, "--members", 2, "--episodes", 20, "--json"]
+    added = json.loads(cli("generator", "--bundle", bundle, *args).stdout)  # as a user adds them
+    results = added["results"]
+    assert [r["k_shot"] for r in results] == [1, 1, 5, 5] and "2 generators" in results[1]["classifier"]
+    manifest = load_manifest(bundle)
     assert manifest.generators is not None and len(manifest.generators.files) == 2
-    assert [r.k_shot for r in results] == [1, 1, 5, 5] and "2 generators" in results[1].classifier
     assert any("[weaken-student]" in key for key in manifest.metrics)
     first_files = manifest.generators.files
+    cfg = GeneratorConfig(schedule="weaken-student", iterations=30, k_max=10, members=2, seed=0)
     manifest, _ = add_generators(bundle, cfg, episodes=20)  # replaced, not accumulated
     on_disk = {p.relative_to(bundle).as_posix() for p in (bundle / "generators").rglob("*.onnx")}
     on_disk |= {p.relative_to(bundle).as_posix() for p in bundle.glob("generators-*/*.onnx")}
@@ -106,3 +113,22 @@ def test_adapt_builds_a_student_bundle_with_a_fixed_classifier(bundle: Path, tmp
         assert len(mixed[0].top_k) == 4
     with pytest.raises(DistilshotError, match="already exists"):
         adapt(bundle, store, tmp_path / "student", cfg)
+
+
+def test_adapt_runs_from_the_cli_starting_from_a_checkpoint(bundle: Path, tmp_path: Path) -> None:
+    store = tmp_path / "classes.db"
+    with FewShotClassifier(bundle, store) as clf:
+        for character in CHARACTERS[:2]:
+            clf.register(character.replace("/", " "), drawings(character, 0, 3))
+    checkpoint = save_checkpoint(tmp_path / "base.pt", SPEC, SPEC.build(seed=0))  # the bundle's model
+    args = ["adapt", "--bundle", bundle, "--store", store, "--out"]
+    summary = json.loads(
+        cli(*args, tmp_path / "student", "--steps", 5, "--start", checkpoint, "--json").stdout
+    )
+    assert summary["images"] == 6 and summary["max_abs_diff"] <= 1e-3
+    recorded = json.loads((tmp_path / "student" / "manifest.json").read_text())
+    assert recorded["training"]["adapt"]["start"] == "base.pt"
+    wide = replace(SPEC, backbone="resnet12")
+    other = save_checkpoint(tmp_path / "resnet12.pt", wide, wide.build(seed=0))
+    error = cli(*args, tmp_path / "student2", "--start", other, ok=False).stderr
+    assert "backbones differ" in error and not (tmp_path / "student2").exists()
