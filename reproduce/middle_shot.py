@@ -17,13 +17,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 
 from distilshot.train.adapt import AdaptConfig, student_logits, train_task_student
-from distilshot.train.augment import normalize, to_float
 from distilshot.train.checkpoint import load_model
 from distilshot.train.data.registry import load_split
+from distilshot.train.evaluation import extract_features
 from distilshot.train.samplers import EpisodeSampler
 
 HERE = Path(__file__).resolve().parent
@@ -48,6 +47,8 @@ def main() -> None:
     args = parser.parse_args()
     teacher, spec, _ = load_model(args.teacher)
     data = load_split(spec.dataset, "test", spec.image_size)
+    # the teacher is frozen: embed the test split once, every trial indexes it
+    features = F.normalize(extract_features(teacher, data.images, spec.mean, spec.std)["embedding"], dim=1)
     out = HERE / "middle_shot.json"
     # finished K are kept, so an interrupted run continues with the next K
     setting = {"teacher": str(args.teacher), "trials": args.trials, "students": [row[0] for row in STUDENTS]}
@@ -64,14 +65,7 @@ def main() -> None:
         for trial, episode in enumerate(EpisodeSampler(data.labels, 5, k, 15, args.trials, seed=k)):
             support, query = episode.support.ravel(), episode.query.ravel()
             s_labels, q_labels = np.repeat(np.arange(5), k), np.repeat(np.arange(5), 15)
-            with torch.no_grad():
-                t_s, t_q = (
-                    F.normalize(
-                        teacher.embed(normalize(to_float(data.images[i]), spec.mean, spec.std))["embedding"],
-                        dim=1,
-                    )
-                    for i in (support, query)
-                )
+            t_s, t_q = features[support], features[query]
             nn_pred = s_labels[(t_q @ t_s.T).argmax(1).numpy()]
             protos = F.normalize(t_s.reshape(5, k, -1).mean(1), dim=1)
             results = {"teacher 1-NN": nn_pred, "teacher prototype": (t_q @ protos.T).argmax(1).numpy()}
