@@ -53,8 +53,10 @@ bench: $(STAMP)
 results: $(STAMP)
 	$(BIN)/python reproduce/run.py
 
-# REFILLED (issue 4): middle-shot table and compress mode, on CIFAR-FS; needs `make results` first
+# REFILLED (issue 4): the students' learning rate on validation tasks, the middle-shot table and compress
+# mode, on CIFAR-FS; needs `make results` first
 results-refilled: $(STAMP)
+	$(BIN)/python reproduce/tune_middle_shot.py reproduce/runs/cifar-fs-pretrain/checkpoints/best.pt
 	$(BIN)/python reproduce/middle_shot.py reproduce/runs/cifar-fs-pretrain/checkpoints/best.pt
 	$(BIN)/python reproduce/compress.py
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from timing import log_span
 
 from distilshot.export.bundle import write_bundle
 from distilshot.train.checkpoint import load_model
@@ -30,15 +29,13 @@ STUDENTS = ("convnet4", "mobilenet-0.5")
 COMMON = ["--dataset", "cifar-fs", "--preset", "quick"]
 
 
-def train(run: Path, *args: str) -> float:
-    """Trains into `run` unless it finished before, continuing an interrupted run; returns the wall time
-    of its training sessions."""
+def train(run: Path, *args: str) -> None:
+    """Trains into `run` unless it finished before, continuing an interrupted run."""
     if not (run / "checkpoints" / "best.pt").is_file():
         where = ["--resume", str(run)] if (run / "config.json").is_file() else ["--run-dir", str(run)]
         command = [DISTILSHOT, "train", *args, *COMMON, *where, "--json"]
         print("$", " ".join(command[1:]), flush=True)
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return log_span(run)
 
 
 def latency(checkpoint: Path) -> dict[str, float]:
@@ -80,17 +77,17 @@ def accuracy(checkpoint: Path) -> dict[int, str]:
 def main() -> None:
     rows = []
     first = RUNS / "compress-convnet4"
-    seconds = train(first, "--method", "refilled", "--backbone", "convnet4", "--teacher-backbone", "resnet12")
+    train(first, "--method", "refilled", "--backbone", "convnet4", "--teacher-backbone", "resnet12")
     teacher = first / "teacher" / "checkpoints" / "best.pt"
-    rows.append(("ResNet-12 teacher (pretrain)", teacher, None))
+    rows.append(("ResNet-12 teacher (pretrain)", teacher))
     for student in STUDENTS:
         run = RUNS / f"compress-{student}"
         if student != "convnet4":
-            seconds = train(run, "--method", "refilled", "--backbone", student, "--teacher", str(teacher))
-        rows.append((f"{student} student, REFILLED", run / "checkpoints" / "best.pt", seconds))
+            train(run, "--method", "refilled", "--backbone", student, "--teacher", str(teacher))
+        rows.append((f"{student} student, REFILLED", run / "checkpoints" / "best.pt"))
         scratch = RUNS / f"compress-{student}-scratch"
         # as many training images as the two REFILLED steps see (2 x 6 x 100 x 128)
-        scratch_seconds = train(
+        train(
             scratch,
             "--method",
             "pretrain",
@@ -101,27 +98,23 @@ def main() -> None:
             "--steps-per-epoch",
             "200",
         )
-        rows.append(
-            (f"{student} from scratch (pretrain)", scratch / "checkpoints" / "best.pt", scratch_seconds)
-        )
+        rows.append((f"{student} from scratch (pretrain)", scratch / "checkpoints" / "best.pt"))
     report, lines = (
         [],
         [
             "CIFAR-FS, quick budget, 5-way, prototype head of each model, 1000 episodes; latency of the "
-            "exported embedder in ONNX Runtime on this CPU (p50 at batch 1, throughput at batch 64). The "
-            "ConvNet-4 student's train time includes training the teacher.",
+            "exported embedder in ONNX Runtime on this CPU (p50 at batch 1, throughput at batch 64).",
             "",
-            "| model | 1-shot | 5-shot | backbone params | ONNX MB | p50 ms | img/s | train time |",
-            "|---|---|---|---|---|---|---|---|",
+            "| model | 1-shot | 5-shot | backbone params | ONNX MB | p50 ms | img/s |",
+            "|---|---|---|---|---|---|---|",
         ],
     )
-    for name, checkpoint, train_seconds in rows:
+    for name, checkpoint in rows:
         acc, lat = accuracy(checkpoint), latency(checkpoint)
-        report.append({"model": name, "accuracy": acc, **lat, "train_seconds": train_seconds})
-        minutes = f"{train_seconds / 60:.1f} min" if train_seconds else ""
+        report.append({"model": name, "accuracy": acc, **lat})
         lines.append(
             f"| {name} | {acc[1]} | {acc[5]} | {lat['params']:,} | {lat['onnx_mb']:.2f} | "
-            f"{lat['p50_ms']:.2f} | {lat['images_per_s']:.0f} | {minutes} |"
+            f"{lat['p50_ms']:.2f} | {lat['images_per_s']:.0f} |"
         )
     (HERE / "compress.json").write_text(json.dumps(report, indent=2) + "\n")
     (HERE / "compress.md").write_text("\n".join(lines) + "\n")

@@ -3,7 +3,7 @@ from the test classes, K = 1, 5, 10, 30, 15 queries per class. For every task: t
 prototype classifiers (no training), and three ConvNet-4 students trained on the task: from scratch by
 cross-entropy, the teacher fine-tuned by cross-entropy, and REFILLED's two steps from the teacher's
 weights. Writes reproduce/middle_shot.md and .json; re-running keeps the K already finished with the same
-teacher, students and trial count.
+teacher, students, trial count and learning rate.
 
     python reproduce/middle_shot.py TEACHER_CHECKPOINT [--trials 10]
 """
@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 
 from distilshot.train.adapt import AdaptConfig, student_logits, train_task_student
@@ -38,6 +39,42 @@ STUDENTS = (
     ("REFILLED (ConvNet teacher)", True, True),
 )
 
+QUERY_LABELS = np.repeat(np.arange(5), 15)  # EpisodeSampler's order: 15 queries of class 0, then class 1...
+
+
+def mean_ci(accuracies: list[float]) -> dict[str, float]:
+    return {
+        "mean": float(np.mean(accuracies)),
+        "ci95": float(1.96 * np.std(accuracies, ddof=1) / math.sqrt(len(accuracies))),
+    }
+
+
+def task_predictions(
+    data, features: torch.Tensor, teacher, spec, episode, k: int, cfg: AdaptConfig, students=STUDENTS
+) -> dict[str, np.ndarray]:
+    """Query predictions on one 5-way K-shot task of the teacher's 1-NN and prototype classifiers (on its
+    `features` of the split) and of each student trained on the task's support images."""
+    support, query = episode.support.ravel(), episode.query.ravel()
+    s_labels = np.repeat(np.arange(5), k)
+    t_s, t_q = features[support], features[query]
+    protos = F.normalize(t_s.reshape(5, k, -1).mean(1), dim=1)
+    results = {
+        "teacher 1-NN": s_labels[(t_q @ t_s.T).argmax(1).numpy()],
+        "teacher prototype": (t_q @ protos.T).argmax(1).numpy(),
+    }
+    for name, distil, from_teacher in students:
+        student = train_task_student(
+            data.images[support],
+            s_labels,
+            spec.mean,
+            spec.std,
+            cfg,
+            teacher if distil else None,
+            teacher if from_teacher else None,
+        )
+        results[name] = student_logits(student, data.images[query], spec.mean, spec.std).argmax(1).numpy()
+    return results
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -51,7 +88,12 @@ def main() -> None:
     features = F.normalize(extract_features(teacher, data.images, spec.mean, spec.std)["embedding"], dim=1)
     out = HERE / "middle_shot.json"
     # finished K are kept, so an interrupted run continues with the next K
-    setting = {"teacher": str(args.teacher), "trials": args.trials, "students": [row[0] for row in STUDENTS]}
+    setting = {
+        "teacher": str(args.teacher),
+        "trials": args.trials,
+        "students": [row[0] for row in STUDENTS],
+        "start_lr": AdaptConfig().start_lr,
+    }
     done = json.loads(out.read_text()) if out.is_file() else {}
     summary: dict[str, dict[str, dict]] = (
         done.get("classifiers", {}) if done.get("setting") == setting else {}
@@ -63,38 +105,16 @@ def main() -> None:
         start = time.perf_counter()
         rows: dict[str, list[float]] = {}
         for trial, episode in enumerate(EpisodeSampler(data.labels, 5, k, 15, args.trials, seed=k)):
-            support, query = episode.support.ravel(), episode.query.ravel()
-            s_labels, q_labels = np.repeat(np.arange(5), k), np.repeat(np.arange(5), 15)
-            t_s, t_q = features[support], features[query]
-            nn_pred = s_labels[(t_q @ t_s.T).argmax(1).numpy()]
-            protos = F.normalize(t_s.reshape(5, k, -1).mean(1), dim=1)
-            results = {"teacher 1-NN": nn_pred, "teacher prototype": (t_q @ protos.T).argmax(1).numpy()}
-            cfg = AdaptConfig(seed=trial, augment="standard")
-            for name, distil, from_teacher in STUDENTS:
-                student = train_task_student(
-                    data.images[support],
-                    s_labels,
-                    spec.mean,
-                    spec.std,
-                    cfg,
-                    teacher if distil else None,
-                    teacher if from_teacher else None,
-                )
-                results[name] = (
-                    student_logits(student, data.images[query], spec.mean, spec.std).argmax(1).numpy()
-                )
+            results = task_predictions(data, features, teacher, spec, episode, k, AdaptConfig(seed=trial))
             for name, pred in results.items():
-                rows.setdefault(name, []).append(100.0 * float((pred == q_labels).mean()))
+                rows.setdefault(name, []).append(100.0 * float((pred == QUERY_LABELS).mean()))
             print(
                 f"K={k} trial {trial + 1}/{args.trials}: "
                 + ", ".join(f"{n} {v[-1]:.1f}" for n, v in rows.items()),
                 flush=True,
             )
         for name, accuracies in rows.items():
-            summary.setdefault(name, {})[str(k)] = {
-                "mean": float(np.mean(accuracies)),
-                "ci95": float(1.96 * np.std(accuracies, ddof=1) / math.sqrt(len(accuracies))),
-            }
+            summary.setdefault(name, {})[str(k)] = mean_ci(accuracies)
         seconds[str(k)] = time.perf_counter() - start
         out.write_text(
             json.dumps({"setting": setting, "classifiers": summary, "seconds": seconds}, indent=2) + "\n"
@@ -102,7 +122,8 @@ def main() -> None:
     shots = sorted(seconds, key=int)
     lines = [
         f"5-way K-shot on {data.name}, {args.trials} trials per K, 15 queries/class; teacher "
-        f"{spec.method}/{spec.backbone}; ConvNet-4 students, {sum(seconds.values()) / 60:.0f} min",
+        f"{spec.method}/{spec.backbone}; ConvNet-4 students (lr {AdaptConfig().lr} from scratch, "
+        f"{AdaptConfig().start_lr} from the teacher's weights)",
         "",
         "| classifier | " + " | ".join(f"K={k}" for k in shots) + " | published (miniImageNet, 600 trials) |",
         "|---" * (len(shots) + 2) + "|",

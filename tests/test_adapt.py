@@ -48,6 +48,19 @@ def test_a_student_can_start_from_a_base_class_model(task) -> None:
     assert not torch.equal(fresh.backbone.state_dict()["stages.0.0.weight"], expected["stages.0.0.weight"])
 
 
+@pytest.mark.parametrize("start_lr", [0.0, 0.05])
+def test_a_started_student_trains_at_start_lr(task, start_lr: float) -> None:
+    data, episode = task
+    mean, std = (0.92,), (0.21,)
+    base = ModelSpec("pretrain", "convnet4", 10, 1, 28, mean, std, "omniglot", {}).build(seed=1).eval()
+    cfg = AdaptConfig(embed_steps=0, classify_steps=5, lr=0.05, start_lr=start_lr, augment="none", seed=0)
+    images, labels = data.images[episode.support.ravel()], np.repeat(np.arange(5), 5)
+    started = train_task_student(images, labels, mean, std, cfg, start=base)
+    expected = dict(base.backbone.named_parameters())
+    kept = all(torch.equal(v, expected[k]) for k, v in started.backbone.named_parameters())
+    assert kept == (start_lr == 0.0)
+
+
 def test_a_student_cannot_start_from_another_architecture(task) -> None:
     data, episode = task
     mean, std = (0.92,), (0.21,)

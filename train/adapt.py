@@ -31,6 +31,7 @@ class AdaptConfig:
     classify_steps: int = 150
     batch_size: int = 128
     lr: float = 0.05
+    start_lr: float = 0.05  # from trained weights (--start); tuned in reproduce/tune_middle_shot.md
     weight_decay: float = 5e-4
     tau: float = 2.0
     lam: float = 0.01
@@ -57,9 +58,9 @@ class _TaskBatches:
         return Batch(normalize(x, self.mean, self.std), self.labels[pick])
 
 
-def _optimise(model: Method, batches: _TaskBatches, steps: int, cfg: AdaptConfig) -> None:
+def _optimise(model: Method, batches: _TaskBatches, steps: int, lr: float, cfg: AdaptConfig) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
     model.train()
     for step in range(steps):
@@ -95,15 +96,16 @@ def train_task_student(
                 "weights: their backbones differ"
             ) from None
     batches = _TaskBatches(images, labels, mean, std, cfg)
+    lr = cfg.lr if start is None else cfg.start_lr
     if teacher is None:
         student: Pretrain | RefilledClassify = Pretrain(backbone, num_classes)
     else:
         embed = RefilledEmbed(backbone, num_classes, tau=cfg.tau)
         embed.set_teacher(teacher)
-        _optimise(embed, batches, cfg.embed_steps, cfg)
+        _optimise(embed, batches, cfg.embed_steps, lr, cfg)
         student = RefilledClassify(backbone, num_classes, lam=cfg.lam, tau=cfg.tau)
         student.set_teacher(teacher)
-    _optimise(student, batches, cfg.classify_steps, cfg)
+    _optimise(student, batches, cfg.classify_steps, lr, cfg)
     return student.eval()
 
 
