@@ -3,11 +3,12 @@ ConvNet-4 and a MobileNet-0.5 student, each beside the same student trained from
 images. Reports 5-way accuracy and the exported embedder's size and ONNX Runtime latency on this CPU.
 Writes reproduce/compress.md and .json; re-running reuses finished runs and resumes interrupted ones.
 
-    python reproduce/compress.py
+    python reproduce/compress.py [--students convnet4,mobilenet-0.5]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -25,7 +26,6 @@ from distilshot.train.pipeline import evaluate
 HERE = Path(__file__).resolve().parent
 RUNS = HERE / "runs"
 DISTILSHOT = str(Path(sys.executable).with_name("distilshot"))
-STUDENTS = ("convnet4", "mobilenet-0.5")
 COMMON = ["--dataset", "cifar-fs", "--preset", "quick"]
 
 
@@ -75,12 +75,17 @@ def accuracy(checkpoint: Path) -> dict[int, str]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument(
+        "--students", default="convnet4,mobilenet-0.5", help="student backbones, comma-separated"
+    )
+    students = parser.parse_args().students.split(",")
     rows = []
     first = RUNS / "compress-convnet4"
     train(first, "--method", "refilled", "--backbone", "convnet4", "--teacher-backbone", "resnet12")
     teacher = first / "teacher" / "checkpoints" / "best.pt"
     rows.append(("ResNet-12 teacher (pretrain)", teacher))
-    for student in STUDENTS:
+    for student in students:
         run = RUNS / f"compress-{student}"
         if student != "convnet4":
             train(run, "--method", "refilled", "--backbone", student, "--teacher", str(teacher))
