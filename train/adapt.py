@@ -31,7 +31,7 @@ class AdaptConfig:
     classify_steps: int = 150
     batch_size: int = 128
     lr: float = 0.05
-    start_lr: float = 0.05  # from trained weights (--start); tuned in reproduce/tune_middle_shot.md
+    start_lr: float = 0.002  # from trained weights (--start); tuned in reproduce/tune_middle_shot.md
     weight_decay: float = 5e-4
     tau: float = 2.0
     lam: float = 0.01
