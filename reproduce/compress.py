@@ -36,12 +36,12 @@ PUBLISHED = {
 
 
 def train(run: Path, *args: str) -> None:
-    """Trains into `run` unless it finished before, continuing an interrupted run."""
-    if not (run / "checkpoints" / "best.pt").is_file():
-        where = ["--resume", str(run)] if (run / "config.json").is_file() else ["--run-dir", str(run)]
-        command = [DISTILSHOT, "train", *args, *COMMON, *where, "--json"]
-        print("$", " ".join(command[1:]), flush=True)
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    """Trains into `run`; a run that exists resumes, which ends at once if it finished (checkpoints/best.pt
+    alone does not tell: a single-stage run writes it at every improvement)."""
+    where = ["--resume", str(run)] if (run / "config.json").is_file() else ["--run-dir", str(run)]
+    command = [DISTILSHOT, "train", *args, *COMMON, *where, "--json"]
+    print("$", " ".join(command[1:]), flush=True)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
 
 
 def latency(checkpoint: Path) -> dict[str, float]:
