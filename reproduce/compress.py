@@ -1,7 +1,8 @@
 """REFILLED's compress mode on CIFAR-FS with the quick budget: a ResNet-12 teacher distilled into a
 ConvNet-4 student (and any other students named, e.g. mobilenet-0.5), each beside the same student
-trained from scratch for as many images. Reports 5-way accuracy and the exported embedder's size and ONNX Runtime latency on this CPU.
-Writes reproduce/compress.md and .json; re-running reuses finished runs and resumes interrupted ones.
+trained from scratch for as many images. Reports 5-way accuracy and the exported embedder's size and
+ONNX Runtime latency on this CPU. Writes reproduce/compress.md and .json; re-running reuses finished runs
+and resumes interrupted ones.
 
     python reproduce/compress.py [--students convnet4,mobilenet-0.5]
 """
