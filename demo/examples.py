@@ -32,9 +32,7 @@ def example_set(dataset: str) -> ExampleSet | None:
     if not dataset.startswith("omniglot"):
         return None
     root = EXAMPLES / "omniglot"
-    support = {
-        folder.name: sorted(folder.glob("*.png")) for folder in sorted((root / "support").iterdir())
-    }
+    support = {folder.name: sorted(folder.glob("*.png")) for folder in sorted((root / "support").iterdir())}
     queries = sorted((root / "queries").glob("*.png"))
     return ExampleSet(f"{len(support)} Omniglot characters x {SHOTS} drawings", support, queries)
 
