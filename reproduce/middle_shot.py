@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from distilshot.train.adapt import AdaptConfig, student_logits, train_task_student
-from distilshot.train.checkpoint import load_model
+from distilshot.train.checkpoint import ModelSpec, load_model
+from distilshot.train.data.imageset import ImageSet
 from distilshot.train.data.registry import load_split
 from distilshot.train.evaluation import extract_features
+from distilshot.train.methods.base import Method
 from distilshot.train.samplers import EpisodeSampler
 
 HERE = Path(__file__).resolve().parent
@@ -47,6 +50,42 @@ def mean_ci(accuracies: list[float]) -> dict[str, float]:
         "mean": float(np.mean(accuracies)),
         "ci95": float(1.96 * np.std(accuracies, ddof=1) / math.sqrt(len(accuracies))),
     }
+
+
+def frozen_teacher(checkpoint: Path, split: str) -> tuple[Method, ModelSpec, ImageSet, torch.Tensor]:
+    """The teacher, its spec, the split, and the teacher's normalised embedding of every image in it: the
+    teacher is frozen, so the split is embedded once and every trial indexes it."""
+    teacher, spec, _ = load_model(checkpoint)
+    data = load_split(spec.dataset, split, spec.image_size)
+    features = F.normalize(extract_features(teacher, data.images, spec.mean, spec.std)["embedding"], dim=1)
+    return teacher, spec, data, features
+
+
+def k_shot_trials(
+    teacher: Method,
+    spec: ModelSpec,
+    data: ImageSet,
+    features: torch.Tensor,
+    k: int,
+    trials: int,
+    start_lr: float,
+    students=STUDENTS,
+) -> dict[str, dict[str, float]]:
+    """Accuracy (mean, 95% CI) of every classifier over `trials` 5-way K-shot tasks of the split; the
+    tasks depend on K alone, so every setting compared sees the same ones."""
+    rows: dict[str, list[float]] = {}
+    for trial, episode in enumerate(EpisodeSampler(data.labels, 5, k, 15, trials, seed=k)):
+        cfg = replace(AdaptConfig(seed=trial), start_lr=start_lr)
+        for name, pred in task_predictions(data, features, teacher, spec, episode, k, cfg, students).items():
+            rows.setdefault(name, []).append(100.0 * float((pred == QUERY_LABELS).mean()))
+        accuracies = ", ".join(f"{n} {v[-1]:.1f}" for n, v in rows.items())
+        print(f"K={k} start_lr {start_lr} trial {trial + 1}/{trials}: {accuracies}", flush=True)
+    return {name: mean_ci(accuracies) for name, accuracies in rows.items()}
+
+
+def cells(by_k: dict[str, dict[str, float]], shots) -> str:
+    """Table cells "mean ± ci95" for each K in `shots`."""
+    return " | ".join(f"{by_k[str(k)]['mean']:.2f} ± {by_k[str(k)]['ci95']:.2f}" for k in shots)
 
 
 def task_predictions(
@@ -82,10 +121,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--shots", default="1,5,10,30")
     args = parser.parse_args()
-    teacher, spec, _ = load_model(args.teacher)
-    data = load_split(spec.dataset, "test", spec.image_size)
-    # the teacher is frozen: embed the test split once, every trial indexes it
-    features = F.normalize(extract_features(teacher, data.images, spec.mean, spec.std)["embedding"], dim=1)
+    teacher, spec, data, features = frozen_teacher(args.teacher, "test")
     out = HERE / "middle_shot.json"
     # finished K are kept, so an interrupted run continues with the next K
     setting = {
@@ -103,18 +139,9 @@ def main() -> None:
         if str(k) in seconds:
             continue
         start = time.perf_counter()
-        rows: dict[str, list[float]] = {}
-        for trial, episode in enumerate(EpisodeSampler(data.labels, 5, k, 15, args.trials, seed=k)):
-            results = task_predictions(data, features, teacher, spec, episode, k, AdaptConfig(seed=trial))
-            for name, pred in results.items():
-                rows.setdefault(name, []).append(100.0 * float((pred == QUERY_LABELS).mean()))
-            print(
-                f"K={k} trial {trial + 1}/{args.trials}: "
-                + ", ".join(f"{n} {v[-1]:.1f}" for n, v in rows.items()),
-                flush=True,
-            )
-        for name, accuracies in rows.items():
-            summary.setdefault(name, {})[str(k)] = mean_ci(accuracies)
+        trials = k_shot_trials(teacher, spec, data, features, k, args.trials, AdaptConfig().start_lr)
+        for name, result in trials.items():
+            summary.setdefault(name, {})[str(k)] = result
         seconds[str(k)] = time.perf_counter() - start
         out.write_text(
             json.dumps({"setting": setting, "classifiers": summary, "seconds": seconds}, indent=2) + "\n"
@@ -130,11 +157,7 @@ def main() -> None:
     ]
     for name, by_k in summary.items():
         published = " / ".join(str(v) for v in PUBLISHED.get(name, {}).values()) or "n/a"
-        lines.append(
-            f"| {name} | "
-            + " | ".join(f"{by_k[k]['mean']:.2f} ± {by_k[k]['ci95']:.2f}" for k in shots)
-            + f" | {published} |"
-        )
+        lines.append(f"| {name} | {cells(by_k, shots)} | {published} |")
     (HERE / "middle_shot.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
