@@ -50,7 +50,9 @@ def _report(outcome: object, json_output: bool, extra: dict[str, object] | None 
     diffs = ", ".join(f"{k} {v:.2e}" for k, v in outcome.parity.max_abs_diff.items())
     console.print(
         f"parity ONNX Runtime vs PyTorch: max |diff| {diffs}; "
-        f"{outcome.parity.episodes} episodes, predictions identical: {outcome.parity.identical}"
+        f"{outcome.parity.episodes} episodes: {outcome.parity.queries - outcome.parity.disagreements} of "
+        f"{outcome.parity.queries} queries faithful, {outcome.parity.near_ties} near ties within float32 "
+        f"rounding"
     )
     console.print(f"bundle: {outcome.bundle}")
 

@@ -44,10 +44,11 @@ def export_model(
     test = load_split(spec.dataset, "test", spec.image_size)
     parity = check_parity(model, spec, bundle, test, episodes=parity_episodes)
     (bundle.parent / f"{bundle.name}.parity.json").write_text(json.dumps(parity.to_dict(), indent=2) + "\n")
-    if not parity.identical:
+    if not parity.faithful:
         raise DistilshotError(
-            f"the exported bundle {bundle} predicts differently from PyTorch on "
-            f"{100 * (1 - parity.agreement):.2f}% of parity queries (max abs diff {parity.max_abs_diff})"
+            f"the exported bundle {bundle} predicts differently from PyTorch on {parity.disagreements} of "
+            f"{parity.queries} parity queries beyond float32 rounding ({parity.near_ties} near ties; max abs "
+            f"diff {parity.max_abs_diff})"
         )
     # The "unknown" answer's threshold, calibrated on the held-out classes with the bundle's own engine.
     calibrate_bundle(bundle, test.images, test.labels, test.name)

@@ -58,12 +58,13 @@ def train_steps(model, batch, steps: int, lr: float = 1e-3) -> list[float]:
 
 def assert_exports_faithfully(model, spec, tmp_path: Path, test_set, **episode: int):
     """Exports `model` (in eval mode) to a bundle whose head is the model's, and checks that ONNX Runtime
-    plus serving's head predict exactly as PyTorch on real test episodes. Returns (manifest, report)."""
+    plus serving's head predict as PyTorch on real test episodes wherever float32 rounding cannot flip
+    the answer. Returns (manifest, report)."""
     from distilshot.export.bundle import write_bundle
     from distilshot.export.parity import check_parity
 
     bundle, manifest = write_bundle(model.eval(), spec, tmp_path / "bundle")
     assert manifest.head.metric == model.head()["metric"]
     report = check_parity(model, spec, bundle, test_set, **{"episodes": 30, **episode})
-    assert report.identical, report
+    assert report.faithful, report
     return manifest, report

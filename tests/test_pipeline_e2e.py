@@ -42,7 +42,7 @@ def test_train_export_reports_accuracy_and_writes_the_run_folder(trained) -> Non
     assert results[501]["mean"] > 70  # chance is 20%
     assert results[2001]["mean"] > 40  # chance is 5%
     assert results[505]["mean"] > results[501]["mean"]
-    assert summary["parity"]["identical"] and max(summary["parity"]["max_abs_diff"].values()) < 1e-4
+    assert summary["parity"]["faithful"] and max(summary["parity"]["max_abs_diff"].values()) < 1e-4
     for name in (
         "config.json",
         "eval.json",
@@ -142,7 +142,7 @@ def test_eval_and_export_commands_on_the_checkpoint(trained, tmp_path: Path) -> 
     results = json.loads(cli("eval", checkpoint, "--way", 5, "--shot", 1, "--episodes", 100, "--json").stdout)
     assert results[0]["n_way"] == 5 and results[0]["episodes"] == 100 and results[0]["mean"] > 70
     exported = json.loads(cli("export", checkpoint, "--out", tmp_path / "b2", "--json").stdout)
-    assert exported["parity"]["identical"]
+    assert exported["parity"]["faithful"]
     assert "already exists" in cli("export", checkpoint, "--out", tmp_path / "b2", ok=False).stderr
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)
