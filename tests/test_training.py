@@ -53,7 +53,7 @@ def small_trainer(run_dir: Path, method: str, dataset: str, backbone: str) -> Tr
         k_shot=2,
         n_query=2,
         val_episodes=20,
-        device="cpu",  # "auto" would train in bf16 on a GPU machine, where resume identity is not promised
+        device="cpu",  # "auto" is CUDA + bf16 on a GPU machine, whose kernels promise no bit-identical reruns
     )
     train_set = load_split(dataset, "train").subset(range(8))
     val = load_split(dataset, "val").subset(range(5))
