@@ -19,7 +19,7 @@ ifneq ($(wildcard ../shared/data),)
 export DISTILSHOT_DATA ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install train-export test lint bench results results-refilled results-generators clean demo
+.PHONY: install train-export test lint bench results results-refilled results-generators reproduce-cifar-fs clean demo
 
 install: $(STAMP) $(CHROMIUM)
 
@@ -63,6 +63,11 @@ results-refilled: $(STAMP)
 # Feature generators (issue 4): plain vs augmented prototypes; needs `make results` first
 results-generators: $(STAMP)
 	$(BIN)/python reproduce/generators.py
+
+# Every method at its paper schedule, ConvNet-4 on CIFAR-FS -> reproduce/cifar-fs-convnet4-paper.md (many
+# hours on 2 CPU cores; resumable: run it again after an interruption)
+reproduce-cifar-fs: $(STAMP)
+	$(BIN)/python reproduce/cifar_fs_paper.py $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .
