@@ -2,7 +2,14 @@
 remove them, classify uploaded, pasted or drawn queries, and read the model card.
 
 It is a thin layer: every image goes through the classifier, which validates it like any other entry
-point; errors are shown in a status line and change nothing. Components that tests drive carry elem_ids.
+point; errors are shown in a status line (without server paths) and change nothing. Components that tests
+drive carry elem_ids.
+
+Event data comes from the network, so a file path in it is never trusted: Gradio's own check (only
+files in its upload folder) is turned on for the mounted app, and the handlers read only files this
+process received through Gradio's upload route or cached for the example set. Behind API keys the page
+asks for a login (user name: the scope, read or admin; password: a key of that scope), and changing the
+classes needs admin.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ from PIL import Image
 from distilshot.demo.examples import example_set
 from distilshot.errors import DistilshotError
 from distilshot.serve.classifier import FewShotClassifier
+from distilshot.serve.http_errors import redact_paths
 from distilshot.serve.images import MAX_BYTES
+from distilshot.serve.security import SCOPES, ApiKeys, grants
 
 TOP_K = 5
 GALLERY_LIMIT = 200  # classes shown in the gallery; the API lists all of them
@@ -84,9 +93,25 @@ def _png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def build_demo(classifier: FewShotClassifier) -> gr.Blocks:
+def build_demo(classifier: FewShotClassifier, *, scoped: bool = False) -> gr.Blocks:
+    """The demo; `scoped`: users log in with a scope as user name, and only admin may change classes."""
     sketch = draws_characters(classifier)
     examples = example_set(classifier.manifest.dataset)
+    known_paths = [p for p in (classifier.store.path, classifier.bundle_dir) if p is not None]
+    example_files: frozenset[str] = frozenset()  # the example queries as Gradio cached them
+
+    def failed(error: DistilshotError) -> str:
+        return f"**error:** {redact_paths(str(error), known_paths)}"
+
+    def need_admin(request: gr.Request | None) -> None:
+        if scoped and (request is None or request.username != "admin"):
+            raise DistilshotError("changing the classes needs an admin key: log in as admin")
+
+    def own_file(path: str) -> Path:
+        """`path` if it is a file this demo received: uploaded to it, or an example query."""
+        if path not in blocks.upload_file_set and path not in example_files:
+            raise DistilshotError(f"{Path(path).name}: not a file uploaded to this demo")
+        return Path(path)
 
     def gallery() -> list[tuple[Image.Image, str]]:
         items = []
@@ -106,12 +131,12 @@ def build_demo(classifier: FewShotClassifier) -> gr.Blocks:
         count = len(classifier.classes())
         return gallery(), class_names(), f"{count} classes registered"
 
-    def register(name: str, files: list[str] | None, drawings: list[bytes]) -> tuple:
+    def register(name: str, files: list[str] | None, drawings: list[bytes], request: gr.Request) -> tuple:
         """Outputs: files, drawings, class name, gallery, remove choice, status (+ drawing previews)."""
-        sources: list[Any] = [Path(f) for f in files or []]
         names = [Path(f).name for f in files or []] + [f"drawing {i + 1}" for i in range(len(drawings))]
-        sources += [bytes(d) for d in drawings]
         try:
+            need_admin(request)
+            sources: list[Any] = [own_file(f) for f in files or []] + [bytes(d) for d in drawings]
             if not sources:
                 raise DistilshotError("upload or draw at least one support image")
             info = classifier.register(name, sources, names=names)
@@ -119,7 +144,7 @@ def build_demo(classifier: FewShotClassifier) -> gr.Blocks:
             cleared: tuple = (None, [], "")
             previews: tuple = ([],)
         except DistilshotError as error:
-            status = f"**error:** {error}"
+            status = failed(error)
             cleared = (gr.skip(), gr.skip(), gr.skip())
             previews = (gr.skip(),)
         return (*cleared, *refresh()[:2], status, *(previews if sketch else ()))
@@ -132,26 +157,28 @@ def build_demo(classifier: FewShotClassifier) -> gr.Blocks:
         previews = [Image.open(io.BytesIO(d)) for d in drawings]
         return drawings, previews, f"{len(drawings)} drawings ready to register"
 
-    def remove(name: str | None) -> tuple:
+    def remove(name: str | None, request: gr.Request) -> tuple:
         try:
+            need_admin(request)
             if not name:
                 raise DistilshotError("choose a class to remove")
             classifier.remove(name)
             status = f"removed **{name}**"
         except DistilshotError as error:
-            status = f"**error:** {error}"
+            status = failed(error)
         return (*refresh()[:2], status)
 
-    def load_examples() -> tuple:
+    def load_examples(request: gr.Request) -> tuple:
         assert examples is not None
         present = {c.name for c in classifier.classes()}
         missing = {name: files for name, files in examples.support.items() if name not in present}
         try:
+            need_admin(request)
             if missing:
                 classifier.register_many(missing)
             status = f"registered {len(missing)} example classes ({len(examples.support)} in the set)"
         except DistilshotError as error:
-            status = f"**error:** {error}"
+            status = failed(error)
         return (*refresh()[:2], status)
 
     def classify(upload: str | None, drawn: Any, augment: bool = False) -> tuple:
@@ -159,11 +186,11 @@ def build_demo(classifier: FewShotClassifier) -> gr.Blocks:
         try:
             if upload is None and drawing is None:
                 raise DistilshotError("upload, paste or draw a query image first")
-            source: Any = Path(upload) if upload is not None else drawing
+            source: Any = own_file(upload) if upload is not None else drawing
             name = Path(upload).name if upload is not None else "drawing"
             (prediction,) = classifier.classify([source], TOP_K, names=[name], nearest=True, augment=augment)
         except DistilshotError as error:
-            return f"**error:** {error}", None, []
+            return failed(error), None, []
         answer = "unknown" if prediction.label is None else prediction.label
         detail = (
             f" (best logit {prediction.logits[0]:.3g} is below the threshold {prediction.threshold:.3g})"
@@ -251,6 +278,7 @@ def build_demo(classifier: FewShotClassifier) -> gr.Blocks:
                 nearest = gr.Gallery(label="Nearest support images", columns=TOP_K, height=160)
             if examples is not None and examples.queries:
                 gr.Examples([[str(q)] for q in examples.queries], inputs=[query], label="Example queries")
+                example_files = frozenset(query.temp_files)
 
         previews = [drawn] if sketch else []
         register_button.click(
@@ -277,6 +305,25 @@ def build_demo(classifier: FewShotClassifier) -> gr.Blocks:
     return blocks
 
 
-def mount_demo(app: FastAPI, classifier: FewShotClassifier, path: str = "/demo") -> FastAPI:
-    """Mounts the demo on an API app (one process, one classifier)."""
-    return gr.mount_gradio_app(app, build_demo(classifier), path=path, max_file_size=MAX_BYTES)
+def mount_demo(
+    app: FastAPI, classifier: FewShotClassifier, path: str = "/demo", keys: ApiKeys | None = None
+) -> FastAPI:
+    """Mounts the demo on an API app (one process, one classifier); with `keys`, behind a login."""
+    blocks = build_demo(classifier, scoped=keys is not None)
+
+    def login(username: str, password: str) -> bool:
+        found = None if keys is None else keys.check(password)
+        return found is not None and username in SCOPES and grants(found[0], username)
+
+    mounted = gr.mount_gradio_app(
+        app,
+        blocks,
+        path=path,
+        max_file_size=MAX_BYTES,
+        auth=login if keys is not None else None,
+        auth_message="User name: read (classify) or admin (also change classes); password: an API key",
+    )
+    # Gradio checks that a file named in an event's data is in its upload folder only once the app "has
+    # launched", which mount_gradio_app never sets; without the check any server path would be read.
+    blocks.has_launched = True
+    return mounted

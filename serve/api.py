@@ -1,10 +1,12 @@
 """The HTTP API (version 1): FastAPI over one shared FewShotClassifier.
 
 Every route is a plain function run in the server's thread pool, so concurrent requests share the one
-engine through the classifier's Batcher. Request bodies are limited before they are read (FastAPI's
-`max_body_size`: the Content-Length is checked up front and a streamed body is cut off at the limit);
-each image is further checked by `load_image` (bytes, pixels, format, size). Errors come back as
-`{"detail": message, "error": kind}` with the status the kind calls for, and change nothing.
+engine through the classifier's Batcher. Request bodies are limited before they are read (`BodyLimits`:
+the Content-Length is checked up front, a streamed body is cut off at the limit, and the whole body must
+arrive in time); each image is further checked by `load_image` (bytes, pixels, format, size). Keys,
+scopes, the Host allow-list, the cross-site check and the write rate limit are in `security.py`. Errors
+come back as `{"detail": message, "error": kind}` with the status the kind calls for, name no server
+path, and change nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import Path as PathParam
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
@@ -22,7 +26,9 @@ from starlette.background import BackgroundTask
 from distilshot import __version__
 from distilshot.errors import DistilshotError, ImageError
 from distilshot.serve.classifier import FewShotClassifier
+from distilshot.serve.http_errors import error_response, error_responses, install_error_handlers, redact_paths
 from distilshot.serve.images import MAX_BYTES
+from distilshot.serve.security import BodyLimits, Security, SiteGuard, access_dependencies
 from distilshot.serve.store import (
     ClassInfo,
     DuplicateClassError,
@@ -35,6 +41,7 @@ API_PREFIX = "/v1"
 MAX_REQUEST_BYTES = 64 * 1024 * 1024  # one request: several images of up to MAX_BYTES each
 MAX_IMPORT_BYTES = 1024 * 1024 * 1024  # an exported store file
 MAX_FILES = 256  # images in one request
+ShotId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="a shot id (SQLite rowid)")]
 
 # error kind -> HTTP status; any other DistilshotError is a 400
 STATUS = {
@@ -88,11 +95,6 @@ class HealthOut(BaseModel):
     fingerprint: str
 
 
-class ErrorOut(BaseModel):
-    detail: str
-    error: str
-
-
 class Removed(BaseModel):
     removed: str
 
@@ -119,8 +121,13 @@ def create_app(
     home: str = f"{API_PREFIX}/docs",
     max_request_bytes: int = MAX_REQUEST_BYTES,
     max_import_bytes: int = MAX_IMPORT_BYTES,
+    security: Security | None = None,
 ) -> FastAPI:
-    """The API app around `classifier` (which the caller keeps and closes); `/` redirects to `home`."""
+    """The API app around `classifier` (which the caller keeps and closes); `/` redirects to `home`.
+    `security` defaults to a loopback server without keys (open) that still refuses other Host names
+    and cross-site writes."""
+    security = security or Security()
+    import_path = f"{API_PREFIX}/store/import"
     app = FastAPI(
         title="distilshot",
         version=__version__,
@@ -128,20 +135,37 @@ def create_app(
         openapi_url=f"{API_PREFIX}/openapi.json",
         docs_url=f"{API_PREFIX}/docs",
         redoc_url=None,
-        max_body_size=max_request_bytes,
         form_limits={"max_files": MAX_FILES, "max_fields": 16},
-        responses={
-            400: {"model": ErrorOut, "description": "bad request"},
-            413: {"description": "request body larger than the limit"},
-            422: {"model": ErrorOut, "description": "an image that cannot be used, or invalid fields"},
-        },
+        responses=error_responses(400, 422, 503),
     )
+    # innermost first: the site checks run before a byte of the body is read
+    app.add_middleware(
+        BodyLimits,
+        limit_for=lambda path: max_import_bytes if path == import_path else max_request_bytes,
+        timeout_s=security.body_timeout_s,
+    )
+    # always installed, so that the mounted demo does not add Gradio's own CORS headers
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=list(security.cors_origins),
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["Authorization", "Content-Type"],
+    )
+    app.add_middleware(SiteGuard, security=security)
+    install_error_handlers(app)
+    known_paths = [p for p in (classifier.store.path, classifier.bundle_dir) if p is not None]
 
     @app.exception_handler(DistilshotError)
     def _error(request: Request, error: DistilshotError) -> JSONResponse:
         status = next((s for kind, s in STATUS.items() if isinstance(error, kind)), 400)
-        return JSONResponse({"detail": str(error), "error": type(error).__name__}, status_code=status)
+        return error_response(status, redact_paths(str(error), known_paths), type(error).__name__)
 
+    read, admin, write = access_dependencies(security)
+    # error statuses for the OpenAPI document: a cross-site write is a 403 with or without keys
+    auth = (401, 403) if security.keys is not None else ()
+    writes = (*auth, 403, 429) if security.writes_per_minute is not None else (*auth, 403)
+    body = (408, 413)
+    reading, writing = [Depends(read)], [Depends(write)]
     v1 = f"{API_PREFIX}"
 
     @app.get(f"{v1}/health", tags=["service"])
@@ -154,18 +178,27 @@ def create_app(
             fingerprint=classifier.store.fingerprint,
         )
 
-    @app.get(f"{v1}/model", tags=["service"])
+    @app.get(f"{v1}/model", tags=["service"], dependencies=reading, responses=error_responses(*auth))
     def model() -> dict[str, Any]:
         """The model card: method, backbone, dataset, accuracy with its protocol, fingerprint, engine,
-        preprocessing and the calibrated rejection threshold."""
-        return classifier.info()
+        preprocessing and the calibrated rejection threshold. Bundle and store by name, not path."""
+        info = classifier.info()
+        info["bundle"] = classifier.bundle_dir.name
+        info["store"] = None if classifier.store.path is None else classifier.store.path.name
+        return info
 
-    @app.get(f"{v1}/classes", tags=["classes"])
+    @app.get(f"{v1}/classes", tags=["classes"], dependencies=reading, responses=error_responses(*auth))
     def list_classes() -> list[ClassOut]:
         """Registered classes sorted by name."""
         return [_class_out(c) for c in classifier.classes()]
 
-    @app.post(f"{v1}/classes", status_code=201, tags=["classes"], responses={409: {"model": ErrorOut}})
+    @app.post(
+        f"{v1}/classes",
+        status_code=201,
+        tags=["classes"],
+        dependencies=writing,
+        responses=error_responses(*writes, 409, *body),
+    )
     def register(
         name: Annotated[str, Form(description="name of the new class")],
         images: Annotated[list[UploadFile], File(description="its support images")],
@@ -175,20 +208,35 @@ def create_app(
         datas, names = _read_uploads(images)
         return _class_out(classifier.register(name, datas, names=names))
 
-    @app.get(f"{v1}/classes/{{name}}", tags=["classes"], responses={404: {"model": ErrorOut}})
+    @app.get(
+        f"{v1}/classes/{{name}}",
+        tags=["classes"],
+        dependencies=reading,
+        responses=error_responses(*auth, 404),
+    )
     def get_class(name: str) -> ClassDetail:
         """A class with its support shots."""
         shots = classifier.shots(name)  # a class is created with its first shots, and keeps at least one
         shot_list = [ShotOut(id=s.id, source=s.source, created=s.created) for s in shots]
         return ClassDetail(name=name, shots=len(shots), created=shots[0].created, shot_list=shot_list)
 
-    @app.delete(f"{v1}/classes/{{name}}", tags=["classes"], responses={404: {"model": ErrorOut}})
+    @app.delete(
+        f"{v1}/classes/{{name}}",
+        tags=["classes"],
+        dependencies=writing,
+        responses=error_responses(*writes, 404),
+    )
     def remove(name: str) -> Removed:
         """Removes a class and its support images."""
         classifier.remove(name)
         return Removed(removed=name)
 
-    @app.post(f"{v1}/classes/{{name}}/shots", tags=["classes"], responses={404: {"model": ErrorOut}})
+    @app.post(
+        f"{v1}/classes/{{name}}/shots",
+        tags=["classes"],
+        dependencies=writing,
+        responses=error_responses(*writes, 404, *body),
+    )
     def add_shots(
         name: str, images: Annotated[list[UploadFile], File(description="more support images")]
     ) -> ClassOut:
@@ -197,9 +245,12 @@ def create_app(
         return _class_out(classifier.add_shots(name, datas, names=names))
 
     @app.delete(
-        f"{v1}/classes/{{name}}/shots/{{shot_id}}", tags=["classes"], responses={404: {"model": ErrorOut}}
+        f"{v1}/classes/{{name}}/shots/{{shot_id}}",
+        tags=["classes"],
+        dependencies=writing,
+        responses=error_responses(*writes, 404),
     )
-    def remove_shot(name: str, shot_id: int) -> ClassOut:
+    def remove_shot(name: str, shot_id: ShotId) -> ClassOut:
         """Removes one support image (not a class's last: remove the class instead)."""
         return _class_out(classifier.remove_shot(name, shot_id))
 
@@ -207,13 +258,19 @@ def create_app(
         f"{v1}/classes/{{name}}/shots/{{shot_id}}/image",
         tags=["classes"],
         response_class=Response,
-        responses={200: {"content": {"image/png": {}}}, 404: {"model": ErrorOut}},
+        dependencies=reading,
+        responses={200: {"content": {"image/png": {}}}, **error_responses(*auth, 404)},
     )
-    def shot_image(name: str, shot_id: int) -> Response:
+    def shot_image(name: str, shot_id: ShotId) -> Response:
         """The stored copy of a support image (PNG, upright, at most 256 px)."""
         return Response(classifier.thumbnail(name, shot_id), media_type="image/png")
 
-    @app.post(f"{v1}/classify", tags=["classify"], responses={409: {"model": ErrorOut}})
+    @app.post(
+        f"{v1}/classify",
+        tags=["classify"],
+        dependencies=reading,
+        responses=error_responses(*auth, 403, 409, *body),
+    )
     def classify(
         images: Annotated[list[UploadFile], File(description="one or more query images")],
         top_k: Annotated[int, Query(ge=1, le=1000, description="classes to return per image")] = 5,
@@ -239,7 +296,8 @@ def create_app(
         f"{v1}/store/export",
         tags=["store"],
         response_class=FileResponse,
-        responses={200: {"content": {"application/vnd.sqlite3": {}}}},
+        dependencies=[Depends(admin)],
+        responses={200: {"content": {"application/vnd.sqlite3": {}}}, **error_responses(*auth)},
     )
     def export_store() -> FileResponse:
         """A portable copy of the whole store (one SQLite file) for `POST /v1/store/import` elsewhere."""
@@ -253,11 +311,11 @@ def create_app(
         )
 
     @app.post(
-        f"{v1}/store/import",
+        import_path,
         status_code=201,
         tags=["store"],
-        max_body_size=max_import_bytes,
-        responses={409: {"model": ErrorOut}},
+        dependencies=writing,
+        responses=error_responses(*writes, 409, *body),
     )
     def import_store(
         store: Annotated[UploadFile, File(description="a file from GET /v1/store/export")],
