@@ -41,6 +41,7 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_RATE_CLIENTS = 10_000  # buckets kept; the least recently used go first
 
 ScopeName = Literal["read", "admin"]
+_HOST_NAME = re.compile(r"\*|(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?|\[[0-9a-f:.]+\]")
 _KEY = re.compile(rf"[A-Za-z0-9._~+/=-]{{{MIN_KEY_CHARS},}}")  # RFC 6750 token characters
 
 
@@ -130,8 +131,11 @@ class Security:
             if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
                 raise DistilshotError(f"CORS origin {origin!r} must look like https://host[:port]")
         for host in self.allowed_hosts:
-            if not host or "/" in host or host != host.strip().lower():
-                raise DistilshotError(f"allowed host {host!r} must be a lower-case host name, without port")
+            if not _HOST_NAME.fullmatch(host):
+                raise DistilshotError(
+                    f"allowed host {host!r} must be a host name (*.example.com for subdomains), "
+                    "an IP address ([::1] for IPv6) or *, without scheme or port"
+                )
         if self.writes_per_minute is not None and self.writes_per_minute < 1:
             raise DistilshotError(
                 f"the write limit must be at least 1 per minute, not {self.writes_per_minute}"
