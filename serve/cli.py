@@ -69,6 +69,17 @@ def _store(store: Path, bundle: Path | None) -> SupportStore:
     return SupportStore(store, held if held in ours else manifest.fingerprint())
 
 
+def _json(value: Any) -> str:
+    """One line of JSON for stdout. NaN and infinity are not JSON: they are an error, not a line that
+    a consumer's parser refuses."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise DistilshotError(
+            "the result holds a number that is not finite (NaN or infinity), which JSON cannot carry"
+        ) from None
+
+
 def _print_table(title: str, columns: list[str], rows: list[list[str]], show_header: bool = True) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -85,7 +96,7 @@ def _print_table(title: str, columns: list[str], rows: list[list[str]], show_hea
 
 def _print_classes(title: str, classes: list[ClassInfo], as_json: bool) -> None:
     if as_json:
-        typer.echo(json.dumps([{"name": c.name, "shots": c.shots, "created": c.created} for c in classes]))
+        typer.echo(_json([{"name": c.name, "shots": c.shots, "created": c.created} for c in classes]))
     else:
         _print_table(title, ["class", "shots"], [[c.name, str(c.shots)] for c in classes])
 
@@ -148,8 +159,8 @@ def classify(
     with _classifier(bundle, store, backend, precision) as classifier:
         predictions = classifier.classify(images, top_k=top_k, threshold=threshold, augment=augment)
     if as_json:
-        for prediction in predictions:
-            typer.echo(json.dumps(prediction.to_dict()))
+        lines = [_json(prediction.to_dict()) for prediction in predictions]  # all or none on stdout
+        typer.echo("\n".join(lines))
     else:
         _print_table(
             "predictions", ["image", "answer", "class", "score", "logit"], _prediction_rows(predictions)
@@ -187,7 +198,7 @@ def remove(
     with _store(store, bundle) as opened:
         opened.remove(name)
     if as_json:
-        typer.echo(json.dumps({"removed": name}))
+        typer.echo(_json({"removed": name}))
     else:
         typer.echo(f"removed {name!r}")
 
@@ -210,7 +221,7 @@ def info(
     if store is None:
         del summary["store"], summary["classes"]  # an in-memory store says nothing about the user's classes
     if as_json:
-        typer.echo(json.dumps(summary))
+        typer.echo(_json(summary))
     else:
         rows = [[key, _show(value)] for key, value in summary.items()]
         _print_table(f"bundle {summary['name']}", ["", ""], rows, show_header=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -208,13 +209,17 @@ class Manifest:
                 generators=_generators(data.get("generators")),
                 classifier=_classifier(data.get("classifier")),
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
             raise BundleError(f"manifest is malformed: {error!r}") from None
         manifest.validate()
         return manifest
 
     def validate(self) -> None:
         """Checks internal consistency; raises BundleError naming the first problem."""
+        # A NaN weight or temperature would make every answer the first class with NaN scores.
+        where = _non_finite(self.to_dict(), "manifest")
+        if where is not None:
+            raise BundleError(f"{where} is not finite; every number in a manifest must be finite")
         p = self.preprocessing
         if p.channels not in (1, 3):
             raise BundleError(f"preprocessing.channels must be 1 or 3, not {p.channels}")
@@ -293,6 +298,27 @@ class Manifest:
         return write_json_atomic(Path(bundle_dir) / MANIFEST_FILE, self.to_dict())
 
 
+def _non_finite(value: object, where: str) -> str | None:
+    """The path of the first NaN or infinite float in `value` (nested dicts, lists, tuples), or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{where} ({value})"
+    if isinstance(value, dict):
+        items = ((f"{where}.{k}", v) for k, v in value.items())
+    elif isinstance(value, list | tuple):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    return next((found for path, v in items if (found := _non_finite(v, path)) is not None), None)
+
+
+def _finite_json_number(text: str) -> float:
+    """JSON parse hook: refuses NaN, Infinity and numbers too large for a float (1e999 would be inf)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise BundleError(f"the number {text} is not finite; every number in a manifest must be finite")
+    return value
+
+
 def _rejection(data: dict[str, Any] | None) -> Rejection | None:
     if data is None:
         return None
@@ -340,7 +366,7 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
+            json.dump(data, f, indent=2, sort_keys=False, allow_nan=False)  # NaN is not JSON
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
@@ -361,7 +387,11 @@ def load_manifest(bundle_dir: Path | str, verify: bool = True) -> Manifest:
     if not path.is_file():
         raise BundleError(f"{bundle_dir} is not a bundle: it has no {MANIFEST_FILE}")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(
+            path.read_text(), parse_constant=_finite_json_number, parse_float=_finite_json_number
+        )
+    except BundleError as error:
+        raise BundleError(f"cannot read {path}: {error}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BundleError(f"cannot read {path}: {error}") from None
     if not isinstance(data, dict):
