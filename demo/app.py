@@ -300,6 +300,7 @@ def build_demo(classifier: FewShotClassifier, *, scoped: bool = False) -> gr.Blo
             ),
             inputs=[query, *([query_pad] if sketch else []), *augment_inputs],
             outputs=[answer, confidences, nearest],
+            api_name="classify",
         )
         blocks.load(refresh, outputs=[classes, remove_choice, status])
     return blocks

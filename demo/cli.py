@@ -171,13 +171,13 @@ def run_server(
             mount_demo(api, classifier, keys=keys)
         bound_host, bound_port = sock.getsockname()[:2]
         url = f"http://{bound_host}:{bound_port}"
+        if keys is not None:
+            typer.echo(f"{len(keys)} API keys; Host names allowed: {', '.join(security.allowed_hosts)}")
+        elif insecure_no_auth:
+            typer.echo("WARNING: no API keys: anyone who can reach this server can change its classes")
         typer.echo(f"serving {bundle} with store {store} on {url}")
         demo_url = f", demo {url}/demo/" if demo else ""
         typer.echo(f"  API {url}{API_PREFIX}, docs {url}{API_PREFIX}/docs{demo_url}")
-        if keys is not None:
-            typer.echo(f"  {len(keys)} API keys; Host names allowed: {', '.join(security.allowed_hosts)}")
-        elif insecure_no_auth:
-            typer.echo("  WARNING: no API keys: anyone who can reach this server can change its classes")
         config = uvicorn.Config(
             api,
             log_level="warning",

@@ -4,6 +4,7 @@ subprocess, always on a free loopback port, always over real HTTP."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import signal
@@ -14,7 +15,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import httpx
 import uvicorn
 from fastapi import FastAPI
 from PIL import Image
@@ -44,9 +47,10 @@ def served(app: FastAPI) -> Iterator[str]:
 
 
 class ServerProcess:
-    """`distilshot serve ... --port 0` in a subprocess; `url` is read from its first line of output."""
+    """`distilshot serve ... --port 0` in a subprocess; `url` is read from its first line of output (a
+    server listening on every interface is reached on 127.0.0.1)."""
 
-    def __init__(self, *args: str | Path, cwd: Path | None = None) -> None:
+    def __init__(self, *args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
         command = [str(Path(sys.executable).parent / "distilshot"), "serve", "--port", "0", *map(str, args)]
         self.process = subprocess.Popen(
             command,
@@ -54,7 +58,7 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         self.output: list[str] = []
@@ -63,9 +67,9 @@ class ServerProcess:
             if not line:
                 raise AssertionError(f"the server exited: {''.join(self.output)}")
             self.output.append(line)
-            found = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
+            found = re.search(r"on http://(127\.0\.0\.1|0\.0\.0\.0):(\d+)", line)
             if found:
-                self.url = found.group(1)
+                self.url = f"http://127.0.0.1:{found.group(2)}"
                 return
         raise AssertionError(f"the server did not start: {''.join(self.output)}")
 
@@ -94,3 +98,22 @@ def png(rgb: tuple[int, int, int], size: tuple[int, int] = (20, 20)) -> bytes:
 def files(*images: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
     """Multipart `images` fields for httpx."""
     return [("images", (name, data, "application/octet-stream")) for name, data in images]
+
+
+def file_data(path: str | Path) -> dict[str, object]:
+    """A Gradio FileData value naming `path`, as an API client sends it."""
+    return {"path": str(path), "meta": {"_type": "gradio.FileData"}}
+
+
+def gradio_call(
+    client: httpx.Client, api_name: str, data: list[object], prefix: str = "/demo"
+) -> tuple[str, Any]:
+    """Calls a demo event through Gradio's HTTP API; returns the final event ("complete" or "error")
+    and its data."""
+    r = client.post(f"{prefix}/gradio_api/call/{api_name}", json={"data": data})
+    assert r.status_code == 200, r.text
+    stream = client.get(f"{prefix}/gradio_api/call/{api_name}/{r.json()['event_id']}").text
+    events = re.findall(r"^event: (\w+)\ndata: (.*)$", stream, flags=re.MULTILINE)
+    final = [(event, json.loads(payload)) for event, payload in events if event in ("complete", "error")]
+    assert final, stream
+    return final[-1]
