@@ -17,6 +17,9 @@ class TrainConfig:
     image_size: int | None = None  # None: the dataset's default
     seed: int = 0
     device: str = "auto"
+    # layout of weights and batches: auto (channels_last on the CPU, where it is measured faster), or
+    # channels_last | contiguous. Part of the config because it changes float rounding, so a resume must match
+    memory_format: str = "auto"
     # schedule
     epochs: int = 10
     steps_per_epoch: int = 100  # episodes or batches per epoch
