@@ -200,8 +200,8 @@ def create_app(
         responses=error_responses(*writes, 409, *body),
     )
     def register(
-        name: Annotated[str, Form(description="name of the new class")],
-        images: Annotated[list[UploadFile], File(description="its support images")],
+        name: Annotated[str, Form(min_length=1, description="name of the new class")],
+        images: Annotated[list[UploadFile], File(min_length=1, description="its support images")],
     ) -> ClassOut:
         """Registers a new class from uploaded support images (multipart). A bad image or name stores
         nothing."""
@@ -238,7 +238,7 @@ def create_app(
         responses=error_responses(*writes, 404, *body),
     )
     def add_shots(
-        name: str, images: Annotated[list[UploadFile], File(description="more support images")]
+        name: str, images: Annotated[list[UploadFile], File(min_length=1, description="more support images")]
     ) -> ClassOut:
         """Adds support images to a class."""
         datas, names = _read_uploads(images)
@@ -272,7 +272,7 @@ def create_app(
         responses=error_responses(*auth, 403, 409, *body),
     )
     def classify(
-        images: Annotated[list[UploadFile], File(description="one or more query images")],
+        images: Annotated[list[UploadFile], File(min_length=1, description="one or more query images")],
         top_k: Annotated[int, Query(ge=1, le=1000, description="classes to return per image")] = 5,
         threshold: Annotated[
             float | None, Query(description="rejection threshold on the logit; default: the bundle's")
