@@ -3,6 +3,7 @@
 The embedder graphs are a few ONNX ops whose results can be computed by hand:
 - "single": embedding = channel means of the normalised image @ SINGLE_W  -> [N, 4]
 - "two":    global = channel means @ GLOBAL_W -> [N, 4];  local = channel maxima -> [N, 3]
+- "top":    embedding = channel means of the top half of the image @ SINGLE_W -> [N, 4] (sees orientation)
 """
 
 from __future__ import annotations
@@ -32,7 +33,15 @@ def embedder_model(kind: str = "single", channels: int = 3, size: int = SIZE) ->
     axes = numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes")
     nodes = [helper.make_node("ReduceMean", ["image", "axes"], ["means"], keepdims=0)]
     initializers = [axes]
-    if kind == "single":
+    if kind == "top":
+        bounds = [
+            numpy_helper.from_array(np.array(v, dtype=np.int64), n)
+            for n, v in (("start", [0]), ("end", [size // 2]), ("h", [2]))
+        ]
+        initializers += bounds
+        nodes.insert(0, helper.make_node("Slice", ["image", "start", "end", "h"], ["top"]))
+        nodes[1] = helper.make_node("ReduceMean", ["top", "axes"], ["means"], keepdims=0)
+    if kind in ("single", "top"):
         w = SINGLE_W[:channels]
         initializers.append(numpy_helper.from_array(w, "w"))
         nodes.append(helper.make_node("MatMul", ["means", "w"], ["embedding"]))
@@ -75,7 +84,7 @@ def make_bundle(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     onnx.save(embedder_model(kind, channels, size), folder / "embedder.onnx")
-    if kind == "single":
+    if kind in ("single", "top"):
         outputs = (Output("embedding", 4),)
     else:
         outputs = (Output("global", 4), Output("local", channels))

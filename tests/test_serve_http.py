@@ -208,19 +208,35 @@ def test_every_common_mode_and_exif_orientation(api):
     assert all(labels[name] == "red" for name in ("rgba.png", "palette.png", "cmyk.jpg", "photo.jpg"))
     assert set(labels) == set(variants)
 
-    # A landscape image tagged "rotate 90°": red left half, blue right half. Upright it is red on top,
-    # so the top-left-anchored 20 px crop of a 20x40 image must see the same pixels as the rotated one.
-    half = Image.new("RGB", (40, 20), BLUE)
-    half.paste(Image.new("RGB", (20, 20), RED), (0, 0))
+
+def test_exif_orientation_is_applied_before_the_model_sees_the_image(tmp_path):
+    # A model that sees only the top half of its input, and a landscape photo whose left half is red,
+    # top-right quarter green and bottom-right blue, tagged "rotate 90° clockwise for display": upright, its
+    # top half is the red left half; read as stored, its top half is red and green.
+    stored = Image.new("RGB", (40, 20), BLUE)
+    stored.paste(Image.new("RGB", (20, 20), RED), (0, 0))
+    stored.paste(Image.new("RGB", (20, 10), GREEN), (20, 0))
     exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90° clockwise for display
-    tagged = encode(half, "JPEG", quality=95, exif=exif.tobytes())
-    upright = encode(half.transpose(Image.Transpose.ROTATE_270), "JPEG", quality=95)
-    both = client.post(
-        "/v1/classify", params={"top_k": 2}, files=files(("tagged", tagged), ("upright", upright))
-    )
-    tagged_logits, upright_logits = ([t["logit"] for t in p["top_k"]] for p in both.json()["predictions"])
-    assert tagged_logits == pytest.approx(upright_logits, abs=0.05)
+    exif[0x0112] = 6
+    tagged = encode(stored, "JPEG", quality=95, exif=exif.tobytes())
+    upright = encode(stored.transpose(Image.Transpose.ROTATE_270), "JPEG", quality=95)
+    sideways = encode(stored, "JPEG", quality=95)
+    bundle = make_bundle(tmp_path / "top", "top")
+    with (
+        FewShotClassifier(bundle, tmp_path / "s.db") as classifier,
+        served(create_app(classifier)) as url,
+        httpx.Client(base_url=url, timeout=60) as client,
+    ):
+        for name, image in (("upright", upright), ("sideways", sideways)):
+            assert (
+                client.post("/v1/classes", data={"name": name}, files=files((name, image))).status_code == 201
+            )
+        r = client.post("/v1/classify", params={"top_k": 2}, files=files(("tagged", tagged)))
+    assert r.status_code == 200, r.text
+    (prediction,) = r.json()["predictions"]
+    assert prediction["label"] == "upright"
+    logits = {t["label"]: t["logit"] for t in prediction["top_k"]}
+    assert logits["upright"] > logits["sideways"] + 1.0  # JPEG noise moves these by far less
 
 
 def test_request_body_limit_is_enforced_before_reading(bundle, tmp_path):
