@@ -24,7 +24,8 @@ from distilshot.serve.head import PrototypeHead, Prototypes, softmax, top_k_indi
 from distilshot.serve.images import (
     THUMBNAIL_SIDE,
     ImageSource,
-    load_image,
+    decoded,
+    load_stored_copy,
     normalise,
     source_name,
     thumbnail_png,
@@ -303,7 +304,8 @@ class FewShotClassifier:
         self, images: Sequence[ImageSource], names: Sequence[str] | None, *, thumbnails: bool
     ) -> tuple[list[str], np.ndarray, list[bytes]]:
         """Loads and validates every image; keeps only model pixels (and thumbnails), not the decoded
-        images, so large calls do not hold many full-size images in memory."""
+        images, so large calls do not hold many full-size images in memory. Each image is decoded under
+        the process-wide decode budget, so concurrent calls wait rather than add up."""
         if isinstance(images, str | Path | bytes | Image.Image):
             raise DistilshotError("pass a list of images, not a single image")
         if names is not None and len(names) != len(images):
@@ -312,11 +314,11 @@ class FewShotClassifier:
         image_names, pixels, thumbs = [], [], []
         for index, source in enumerate(images):
             name = names[index] if names is not None else source_name(source, index)
-            image = load_image(source, name=name)
+            with decoded(source, name=name) as image:
+                pixels.append(to_model_pixels(image, prep))
+                if thumbnails:
+                    thumbs.append(thumbnail_png(image))
             image_names.append(name)
-            pixels.append(to_model_pixels(image, prep))
-            if thumbnails:
-                thumbs.append(thumbnail_png(image))
         shape = (0, prep.height, prep.width, prep.channels)
         return image_names, np.stack(pixels) if pixels else np.zeros(shape, np.uint8), thumbs
 
@@ -349,7 +351,7 @@ class FewShotClassifier:
         prep = self.manifest.preprocessing
         pixels = []
         for source, data in images:
-            image = load_image(data, name=f"stored support image {source!r}")
+            image = load_stored_copy(data, name=f"stored support image {source!r}")
             if max(image.size) >= THUMBNAIL_SIDE and min(image.size) < min(prep.height, prep.width):
                 raise StoreError(
                     f"stored support image {source!r} was kept downscaled to {image.size}, "

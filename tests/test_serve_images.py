@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
+import io
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
 import numpy as np
 import pytest
 from PIL import Image
 from serve_fixtures import encode, noise, png_claiming, solid
 
-from distilshot.errors import ImageError
+from distilshot.errors import DistilshotError, ImageError
+from distilshot.serve import images
 from distilshot.serve.images import (
+    DecodeBudget,
+    decode_budget,
+    decode_cost,
+    decoded,
+    decoded_bytes,
     load_image,
+    load_stored_copy,
     normalise,
     preprocess,
     thumbnail_png,
     to_model_pixels,
 )
 from distilshot.serve.manifest import Preprocessing
+from distilshot.train.data.decode import decode_image
 
 
 def prep(height: int, width: int | None = None, channels: int = 3, **kw: object) -> Preprocessing:
@@ -253,3 +268,212 @@ def test_thumbnail_is_small_upright_png():
     exif[0x0112] = 8  # rotate 90 degrees counter-clockwise to display
     thumb = Image.open(__import__("io").BytesIO(thumbnail_png(load_image(encode(image, exif=exif)))))
     assert thumb.format == "PNG" and thumb.size == (128, 256)
+
+
+# -- memory: decoded bytes, lean conversion, the decode budget ------------------------------------------
+
+
+def test_decoded_bytes_count_the_mode_and_are_limited_before_decoding():
+    assert decoded_bytes("L", (100, 10)) == decoded_bytes("P", (100, 10)) == 1000
+    assert decoded_bytes("I;16B", (100, 10)) == 2000
+    assert decoded_bytes("F", (100, 10)) == decoded_bytes("RGB", (100, 10)) == 4000
+    grey = encode(Image.new("L", (100, 100)))
+    sixteen = encode(Image.new("I;16", (100, 100)))
+    floats = encode(Image.new("F", (100, 100)), "TIFF")
+    assert load_image(grey, max_decoded_bytes=20_000).size == (100, 100)
+    assert load_image(sixteen, max_decoded_bytes=20_000).mode == "I;16"
+    with pytest.raises(ImageError, match=r"f.tif: 100x100 in colour mode 'F' decodes to 40000 bytes.*20000"):
+        load_image(floats, name="f.tif", max_decoded_bytes=20_000)
+    with pytest.raises(ImageError, match="decodes to 40000 bytes"):
+        load_image(encode(Image.new("RGB", (100, 100))), max_decoded_bytes=20_000)
+
+
+def peak_rss_mb(script: str) -> float:
+    """Peak resident memory (MB) that `script` adds in a fresh interpreter, beyond its imports."""
+    prologue = """
+        import io, resource, sys
+        import numpy as np
+        from PIL import Image
+        from distilshot.serve.images import load_image, thumbnail_png, to_model_pixels
+        from distilshot.serve.manifest import Preprocessing
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """
+    epilogue = "\nprint((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)\n"
+    code = textwrap.dedent(prologue) + textwrap.dedent(script) + epilogue
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return float(result.stdout.split()[-1])
+
+
+def test_a_small_float_tiff_of_6000x6600_is_refused_before_it_is_decoded():
+    # 254 KB on disk, 158 MB decoded (and over 1 GB while converted, before the decoded-bytes limit)
+    added = peak_rss_mb("""
+        from distilshot.errors import ImageError
+        data = open(sys.argv[1], "rb").read() if len(sys.argv) > 1 else None
+        buffer = io.BytesIO()
+        Image.frombuffer("F", (6000, 1), bytes(24000)).resize((6000, 6600)).save(
+            buffer, "TIFF", compression="tiff_adobe_deflate"
+        )
+        del data
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # what building the file took
+        try:
+            load_image(buffer.getvalue(), name="float.tif")
+            sys.exit("accepted")
+        except ImageError as error:
+            assert "decodes to 158400000 bytes" in str(error), error
+    """)
+    assert added < 40, added
+
+
+@pytest.mark.parametrize("mode", ["F", "I;16", "RGBA"])
+def test_converting_wide_and_transparent_modes_holds_little_more_than_the_image(mode):
+    """The float or 16-bit image and its 8-bit conversion, not 8-byte numpy copies of it (a float image
+    used to peak at 8 times its size)."""
+    width, height = 4000, 3000
+    added = peak_rss_mb(f"""
+        image = Image.new({mode!r}, ({width}, {height}), 200 if {mode!r} != "RGBA" else (1, 2, 3, 100))
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        for channels in (1, 3):
+            to_model_pixels(image, Preprocessing(84, 84, channels, (0.5,) * channels, (0.25,) * channels))
+        thumbnail_png(image)
+    """)
+    # the RGB conversion (4 bytes per pixel) plus strips; the image itself exists already
+    assert added < 4 * width * height / 2**20 + 20, added
+
+
+def strip_parity_images() -> dict[str, Image.Image]:
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, (23, 37, 3), dtype=np.uint8)
+    palette = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    palette.info["transparency"] = 3
+    rgba = Image.fromarray(np.dstack([rgb, rng.integers(0, 256, (23, 37), dtype=np.uint8)]), "RGBA")
+    floats = rng.uniform(-20, 280, (23, 37)).astype(np.float32)
+    floats[3, 4] = np.nan
+    return {
+        "RGB": Image.fromarray(rgb),
+        "RGBA": rgba,
+        "LA": rgba.convert("LA"),
+        "PA": palette.convert("PA"),
+        "P+transparency": palette,
+        "P": Image.fromarray(rgb).convert("P"),
+        "L": Image.fromarray(rgb[..., 0]),
+        "1": Image.fromarray(rgb[..., 0] > 127),
+        "CMYK": Image.fromarray(rgb).convert("CMYK"),
+        "YCbCr": Image.fromarray(rgb).convert("YCbCr"),
+        "I;16": Image.fromarray(rng.integers(0, 65536, (23, 37), dtype=np.uint16)),
+        "I": Image.fromarray(rng.integers(-70000, 140000, (23, 37), dtype=np.int32), "I"),
+        "F": Image.fromarray(floats, "F"),
+    }
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_strip_by_strip_conversion_matches_trainings_whole_image_rule(monkeypatch, orientation):
+    monkeypatch.setattr(images, "STRIP_PIXELS", 50)  # a strip of one row: 23 strips per image
+    for name, image in strip_parity_images().items():
+        image.getexif()[0x0112] = orientation
+        for size, channels in ((16, 1), (16, 3), (9, 3)):
+            served = to_model_pixels(image, prep(size, channels=channels))
+            assert np.array_equal(served, decode_image(image, size, channels)), (name, orientation, size)
+        thumb = Image.open(io.BytesIO(thumbnail_png(image)))
+        upright = (37, 23) if orientation < 5 else (23, 37)
+        assert thumb.size == upright and thumb.mode in ("L", "RGB"), name
+
+
+def test_decoded_holds_its_cost_from_the_budget_until_the_block_ends():
+    data = encode(noise((40, 30)))
+    before = decode_budget().used
+    with decoded(data, name="q") as image:
+        assert decode_budget().used - before == decode_cost("RGB", (40, 30))
+        assert to_model_pixels(image, prep(8)).shape == (8, 8, 3)
+    assert decode_budget().used == before
+    with pytest.raises(ImageError, match="q: not an image"), decoded(b"nope", name="q"):
+        pass
+    assert decode_budget().used == before
+
+
+def test_the_budget_makes_decodes_wait_first_come_first_served():
+    budget = DecodeBudget(100)
+    order: list[str] = []
+    release = threading.Event()
+
+    def hold(label: str, cost: int) -> None:
+        with budget.reserve(cost):
+            order.append(label)
+            release.wait(5)
+
+    first = threading.Thread(target=hold, args=("big", 80))
+    first.start()
+    while budget.used != 80:
+        time.sleep(0.001)
+    later = [
+        threading.Thread(target=hold, args=(label, cost)) for label, cost in (("also big", 60), ("small", 10))
+    ]
+    for thread in later:
+        thread.start()
+        time.sleep(0.05)
+    assert order == ["big"] and budget.used == 80  # "small" would fit but waits its turn
+    release.set()
+    for thread in [first, *later]:
+        thread.join(5)
+    assert order == ["big", "also big", "small"] and budget.used == 0
+    with budget.reserve(10**12):  # more than the whole budget: runs alone instead of never
+        assert budget.used == 100
+    with pytest.raises(DistilshotError, match="positive number of bytes"):
+        DecodeBudget(0)
+
+
+def test_concurrent_decodes_do_not_add_up_beyond_the_budget():
+    """Four threads decoding a 48 MB float image: with the budget for one decode, the peak stays within
+    that one decode's cost, not four decodes'."""
+    script = """
+        import threading
+        from distilshot.serve.images import decode_cost, decoded, set_decode_memory
+        buffer = io.BytesIO()
+        Image.new("F", (4000, 3000), 7.0).save(buffer, "TIFF", compression="tiff_adobe_deflate")
+        data = buffer.getvalue()
+        set_decode_memory(decode_cost("F", (4000, 3000)) if sys.argv[1] == "one" else 10**12)
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        prep = Preprocessing(84, 84, 3, (0.5,) * 3, (0.25,) * 3)
+        start, decoded_all = threading.Barrier(4), threading.Barrier(4)
+        def work():
+            start.wait()
+            with decoded(data) as image:
+                to_model_pixels(image, prep)
+                if sys.argv[1] != "one":
+                    decoded_all.wait(30)  # all four images at once, whatever the scheduling
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+    """
+    peaks = {}
+    for budget in ("one", "unlimited"):
+        code = f"import sys; sys.argv = ['x', {budget!r}]\n" + textwrap.dedent(script)
+        peaks[budget] = peak_rss_mb(code)
+    assert peaks["one"] < decode_cost("F", (4000, 3000)) / 2**20 + 20, peaks  # what the budget allows
+    assert peaks["unlimited"] > 4 * 4 * 4000 * 3000 / 2**20, peaks  # without it, four images add up
+
+
+def test_stored_copies_must_be_small_8_bit_pngs():
+    assert load_stored_copy(encode(noise((256, 100))), name="s").size == (256, 100)
+    assert load_stored_copy(encode(noise((20, 9)).convert("L")), name="s").mode == "L"
+    cases = {
+        encode(noise((257, 100))): "at most 256 px on its longest side, not 257x100",
+        encode(noise((64, 48)), "JPEG"): "must be a PNG",
+        encode(noise((64, 48)), "TIFF"): "must be a PNG",
+        encode(Image.new("I;16", (64, 48))): "8-bit grey or RGB PNG, not PNG 'I;16'",
+        encode(noise((64, 48)).convert("RGBA")): "not PNG 'RGBA'",
+        encode(noise((64, 48)).convert("P")): "not PNG 'P'",
+        png_claiming(6000, 6600): "not 6000x6600",
+        encode(noise((64, 48)), pnginfo=_big_text_chunk()): "more than the limit",
+    }
+    for data, match in cases.items():
+        with pytest.raises(ImageError, match=match):
+            load_stored_copy(data, name="shot 3")
+
+
+def _big_text_chunk() -> object:
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("padding", "x" * 500_000)
+    return info
