@@ -38,6 +38,20 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return torch.device(spec)
 
 
+MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+
+
+def resolve_memory_format(spec: str, device: torch.device) -> torch.memory_format:
+    """The layout of weights and batches. `auto` is channels_last on the CPU, where oneDNN's NHWC
+    convolutions train ConvNet-4 and ResNet-12 faster than NCHW (bench/bench_training.py measures it), and
+    contiguous elsewhere, where it has not been measured."""
+    if spec == "auto":
+        return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    if spec not in MEMORY_FORMATS:
+        raise ConfigError(f"memory_format must be auto, {' or '.join(MEMORY_FORMATS)}, not {spec!r}")
+    return MEMORY_FORMATS[spec]
+
+
 def seed_everything(seed: int, epoch: int = 0) -> None:
     torch.manual_seed(np.random.SeedSequence([seed, epoch]).generate_state(1)[0].item())
 
@@ -90,8 +104,15 @@ class BatchMaker:
     """Turns what a sampler yields (indices, or an episode, whose shape goes with it to the method) into
     a normalised, augmented batch on the device."""
 
-    def __init__(self, data: ImageSet, spec: ModelSpec, augment: str, device: torch.device) -> None:
-        self.data, self.spec, self.device = data, spec, device
+    def __init__(
+        self,
+        data: ImageSet,
+        spec: ModelSpec,
+        augment: str,
+        device: torch.device,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ) -> None:
+        self.data, self.spec, self.device, self.memory_format = data, spec, device, memory_format
         self.augmenter = Augmenter(augment, spec.image_size)
         self.labels = torch.from_numpy(data.labels)
 
@@ -103,6 +124,7 @@ class BatchMaker:
             item = item.indices
         x = self.augmenter(to_float(self.data.images[item]), generator)
         x = normalize(x.to(self.device, non_blocking=True), self.spec.mean, self.spec.std)
+        x = x.contiguous(memory_format=self.memory_format)
         return Batch(x, self.labels[item].to(self.device), **shape)
 
 
@@ -149,9 +171,10 @@ class Trainer:
     ) -> None:
         self.model, self.spec, self.cfg, self.run = model, spec, cfg, run
         self.device = resolve_device(cfg.device)
-        self.model.to(self.device)
+        self.memory_format = resolve_memory_format(cfg.memory_format, self.device)
+        self.model.to(self.device, memory_format=self.memory_format)
         self.train_set, self.val_set = train_set, val_set
-        self.make_batch = BatchMaker(train_set, spec, cfg.augment, self.device)
+        self.make_batch = BatchMaker(train_set, spec, cfg.augment, self.device, self.memory_format)
         self.sampler = build_sampler(model.sampling, cfg, train_set.labels)
         self.optimizer, self.scheduler = build_optimizer(model, cfg, len(self.sampler) * cfg.epochs)
         self.history: list[dict[str, Any]] = []
@@ -163,9 +186,13 @@ class Trainer:
         if not self.run.last.exists():
             return False
         payload = read_checkpoint(self.run.last)
-        if payload["config"] != self.cfg.to_dict():
+        # checkpoints from before memory_format existed were trained in the contiguous layout
+        saved, ours = {"memory_format": "contiguous", **payload["config"]}, self.cfg.to_dict()
+        if saved != ours:
+            changed = sorted(k for k in saved.keys() | ours.keys() if saved.get(k) != ours.get(k))
             raise ConfigError(
-                f"{self.run.last} was written with a different configuration; use a new run folder"
+                f"{self.run.last} was written with a different configuration ({', '.join(changed)} "
+                "differ); use a new run folder"
             )
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
@@ -300,6 +327,11 @@ class Trainer:
             "history": self.history,
             "best_val": self.best_val,
         }
-        save_checkpoint(self.run.last, self.spec, self.model, **state)
-        if improved:
-            save_checkpoint(self.run.best, self.spec, self.model, **state)
+        # checkpoints hold contiguous weights whatever layout training uses (copies are exact)
+        self.model.to(memory_format=torch.contiguous_format)
+        try:
+            save_checkpoint(self.run.last, self.spec, self.model, **state)
+            if improved:
+                save_checkpoint(self.run.best, self.spec, self.model, **state)
+        finally:
+            self.model.to(memory_format=self.memory_format)

@@ -1,6 +1,9 @@
 """ResNet-12 as in RFS (Tian et al. 2020) and the SKD/BML code: four residual stages 64-160-320-640, each
 three conv3x3+BN (LeakyReLU 0.1 after the first two), a 1x1 conv+BN shortcut, add, LeakyReLU, MaxPool2d(2).
-Dropout 0.1 after stages 1-2, DropBlock after stages 3-4; embedding = global average pool (640-d)."""
+Dropout 0.1 after stages 1-2, DropBlock after stages 3-4; embedding = global average pool (640-d).
+
+Each stage pools before its final LeakyReLU: the activation is increasing, so max-then-activate gives the
+same values and gradients as activate-then-max on a quarter of the elements."""
 
 from __future__ import annotations
 
@@ -43,25 +46,26 @@ class DropBlock(nn.Module):
 class ResidualStage(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, regulariser: nn.Module) -> None:
         super().__init__()
+        # in-place activations: BN's backward needs its input, and max pooling's its indices, not outputs
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
             nn.BatchNorm2d(out_channels),
-            nn.LeakyReLU(0.1),
+            nn.LeakyReLU(0.1, inplace=True),
             nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
             nn.BatchNorm2d(out_channels),
-            nn.LeakyReLU(0.1),
+            nn.LeakyReLU(0.1, inplace=True),
             nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
             nn.BatchNorm2d(out_channels),
         )
         self.shortcut = nn.Sequential(
             nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels)
         )
-        self.act = nn.LeakyReLU(0.1)
+        self.act = nn.LeakyReLU(0.1, inplace=True)
         self.pool = nn.MaxPool2d(2)
         self.regulariser = regulariser
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.regulariser(self.pool(self.act(self.body(x) + self.shortcut(x))))
+        return self.regulariser(self.act(self.pool(self.body(x) + self.shortcut(x))))
 
 
 class ResNet12(Backbone):
