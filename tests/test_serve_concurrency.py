@@ -25,6 +25,7 @@ from distilshot.serve.manifest import Head
 CLIENTS = 16
 CYCLES = 5  # x 10 requests = 50 per client
 DEADLINE_S = 300  # the whole run on a shared 2-core machine; it takes a few seconds when idle
+WRITERS_DEADLINE_S = 240  # three writer processes of 15 registrations each; seconds when idle
 BASE = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 
 
@@ -116,16 +117,29 @@ def test_processes_write_one_store_file_at_once(tmp_path):
             )
             for w in range(1, 4)
         ]
-        # this process reads while they write: its cached prototypes must follow their commits
-        seen = 0
-        while any(w.poll() is None for w in workers):
-            seen = max(seen, len(classifier.store.prototypes()[0]))
-            assert classifier.classify([png((0, 0, 0))])[0].top_k[0][0] == "seed"
-        for worker in workers:
-            out, err = worker.communicate(timeout=120)
-            assert worker.returncode == 0 and out.strip() == "ok", err
+        try:
+            # this process reads while they write: its cached prototypes must follow their commits
+            deadline = time.monotonic() + WRITERS_DEADLINE_S
+            seen = {1}
+            while any(w.poll() is None for w in workers):
+                assert time.monotonic() < deadline, f"writers still running after {WRITERS_DEADLINE_S} s"
+                seen.add(len(classifier.store.prototypes()[0]))
+                assert classifier.classify([png((0, 0, 0))])[0].top_k[0][0] == "seed"
+            for worker in workers:
+                out, err = worker.communicate(timeout=120)
+                assert worker.returncode == 0 and out.strip() == "ok", err
+        finally:
+            for worker in workers:
+                if worker.poll() is None:
+                    worker.kill()
+                    worker.communicate()
+        # the cache saw counts between the seed alone and all 46 while they wrote, and ends at all 46
+        # without any commit of its own (a cache keyed on this connection's commits would stay at 1)
+        assert max(seen) > 1, seen
+        labels = classifier.store.prototypes()[0]
         names = [c.name for c in classifier.classes()]
     assert len(names) == 1 + 3 * 15 and len(set(names)) == len(names)
+    assert labels == names  # both sorted by name
 
 
 def test_batcher_combines_concurrent_calls_and_returns_each_its_own_rows():
