@@ -164,6 +164,14 @@ def evaluate(
     way: Annotated[list[int] | None, typer.Option(help="N of N-way K-shot (repeat with --shot)")] = None,
     shot: Annotated[list[int] | None, typer.Option(help="K of N-way K-shot")] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    protocol: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="episode protocol, repeatable: random (any classes of the split) | within-alphabet (one "
+            "Omniglot alphabet per episode, support and query by disjoint drawers); default: the "
+            "dataset's standard ones (omniglot: both)"
+        ),
+    ] = None,
     outputs: Annotated[
         str | None,
         typer.Option(help="evaluate only these embedding outputs, comma-separated (e.g. one BML view)"),
@@ -190,6 +198,7 @@ def evaluate(
         seed=seed,
         outputs=tuple(outputs.split(",")) if outputs else None,
         plots_dir=run_folder_of(checkpoint) / "plots",
+        protocols=tuple(protocol) if protocol else None,
     )
     save_results(run_folder_of(checkpoint), results)
     if json_output:

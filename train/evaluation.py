@@ -1,4 +1,7 @@
-"""The standard few-shot protocol: N-way K-shot episodes on a held-out split, mean accuracy ± 95% CI.
+"""Few-shot protocols: N-way K-shot episodes on a held-out split, mean accuracy ± 95% CI. Episodes are
+drawn under one of two protocols: "random" (the usual one: any N classes of the split, any drawings) and
+"within-alphabet" (Lake et al.'s one-shot protocol: the N classes from one alphabet, support and query
+by disjoint drawers; for datasets that know alphabets and drawers, i.e. Omniglot).
 
 Features of the whole split are extracted once and episodes are drawn over them, which makes thousands
 of episodes cheap. Two classifiers: the nearest prototype under the model's serving head, and the RFS
@@ -20,9 +23,10 @@ import torch.nn.functional as F
 
 from distilshot.train.augment import Augmenter, normalize, to_float
 from distilshot.train.methods.base import Method, prototype_logits
-from distilshot.train.samplers import EpisodeSampler
+from distilshot.train.samplers import EpisodeSampler, WithinGroupEpisodeSampler
 
 CLASSIFIERS = ("prototype", "logreg")
+PROTOCOLS = ("random", "within-alphabet")
 
 
 @dataclass(frozen=True)
@@ -35,23 +39,51 @@ class EvalResult:
     classifier: str
     mean: float  # accuracy in percent
     ci95: float
+    sampling: str = "random"  # one of PROTOCOLS
 
     @property
     def key(self) -> str:
-        return f"{self.n_way}-way {self.k_shot}-shot"
+        within = " within-alphabet" if self.sampling == "within-alphabet" else ""
+        return f"{self.n_way}-way {self.k_shot}-shot{within}"
 
     @property
     def protocol(self) -> str:
-        return (
-            f"{self.n_way}-way {self.k_shot}-shot, {self.n_query} queries/class, {self.episodes} episodes, "
-            f"{self.classifier}, {self.split}"
-        )
+        episodes = describe_episodes(self.sampling, self.n_way, self.k_shot, self.n_query, self.episodes)
+        return f"{episodes}, {self.classifier}, {self.split}"
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "protocol": self.protocol}
 
     def __str__(self) -> str:
         return f"{self.key}: {self.mean:.2f} ± {self.ci95:.2f} % ({self.protocol})"
+
+
+def describe_episodes(sampling: str, n_way: int, k_shot: int, n_query: int, episodes: int) -> str:
+    """The protocol text of `episodes` N-way K-shot episodes drawn under `sampling`."""
+    within = " within one alphabet, support and query by disjoint drawers" if sampling != "random" else ""
+    return f"{n_way}-way {k_shot}-shot{within}, {n_query} queries/class, {episodes} episodes"
+
+
+def episode_sampler(
+    sampling: str,
+    labels: np.ndarray,
+    n_way: int,
+    k_shot: int,
+    n_query: int,
+    episodes: int,
+    seed: int,
+    class_groups: Sequence[str] | None = None,
+    drawers: np.ndarray | None = None,
+) -> EpisodeSampler:
+    """The episodes of protocol `sampling`; within-alphabet needs each class's alphabet and each image's
+    drawer."""
+    if sampling not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, not {sampling!r}")
+    if sampling == "random":
+        return EpisodeSampler(labels, n_way, k_shot, n_query, episodes, seed)
+    if class_groups is None or drawers is None:
+        raise ValueError("the within-alphabet protocol needs a dataset that knows alphabets and drawers")
+    return WithinGroupEpisodeSampler(labels, class_groups, drawers, n_way, k_shot, n_query, episodes, seed)
 
 
 @torch.no_grad()
@@ -128,12 +160,16 @@ def evaluate_episodes(
     support_views: torch.Tensor | None = None,
     seed: int = 0,
     view: str = "",
+    sampling: str = "random",
+    class_groups: Sequence[str] | None = None,
+    drawers: np.ndarray | None = None,
 ) -> EvalResult:
-    """Accuracy over `episodes` seeded episodes. `head` is needed for the prototype classifier;
-    `support_views` (from `augmented_views`) replaces the support features of the logreg classifier."""
+    """Accuracy over `episodes` seeded episodes of protocol `sampling` (see `episode_sampler`). `head` is
+    needed for the prototype classifier; `support_views` (from `augmented_views`) replaces the support
+    features of the logreg classifier."""
     if classifier not in CLASSIFIERS:
         raise ValueError(f"classifier must be one of {CLASSIFIERS}, not {classifier!r}")
-    sampler = EpisodeSampler(labels, n_way, k_shot, n_query, episodes, seed)
+    sampler = episode_sampler(sampling, labels, n_way, k_shot, n_query, episodes, seed, class_groups, drawers)
     concatenated = torch.cat([features[k] for k in sorted(features)], dim=1)
     support_labels = np.repeat(np.arange(n_way), k_shot)
     query_labels = np.repeat(np.arange(n_way), n_query)
@@ -163,4 +199,6 @@ def evaluate_episodes(
         name += f" (support x{support_views.shape[0]} augmented)"
     if view:
         name += f" [{view}]"
-    return EvalResult(split, n_way, k_shot, n_query, episodes, name, float(accuracy.mean()), float(ci95))
+    return EvalResult(
+        split, n_way, k_shot, n_query, episodes, name, float(accuracy.mean()), float(ci95), sampling
+    )

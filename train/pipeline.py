@@ -1,5 +1,5 @@
 """What `distilshot train` and `distilshot eval` do: build the model a config names, train it in a run
-folder, and evaluate a trained model under the standard protocol of its dataset."""
+folder, and evaluate a trained model under the standard protocols of its dataset."""
 
 from __future__ import annotations
 
@@ -17,7 +17,13 @@ from distilshot.train.augment import Augmenter
 from distilshot.train.checkpoint import ModelSpec, load_model
 from distilshot.train.config import TrainConfig
 from distilshot.train.data.registry import dataset_info, load_split
-from distilshot.train.evaluation import EvalResult, augmented_views, evaluate_episodes, extract_features
+from distilshot.train.evaluation import (
+    PROTOCOLS,
+    EvalResult,
+    augmented_views,
+    evaluate_episodes,
+    extract_features,
+)
 from distilshot.train.methods import Method
 from distilshot.train.plots import plot_confusion, plot_embedding
 from distilshot.train.presets import dataset_augmentation
@@ -30,10 +36,17 @@ STANDARD_SETTINGS: dict[str, tuple[tuple[int, int], ...]] = {
     "omniglot-vinyals": ((5, 1), (5, 5), (20, 1), (20, 5)),
 }
 DEFAULT_SETTINGS = ((5, 1), (5, 5))
+# episode protocols (evaluation.PROTOCOLS) reported for each benchmark; Lake's within-alphabet one-shot
+# protocol needs the alphabets and drawers that only the Lake split keeps
+STANDARD_PROTOCOLS: dict[str, tuple[str, ...]] = {"omniglot": ("random", "within-alphabet")}
 
 
 def standard_settings(dataset: str) -> tuple[tuple[int, int], ...]:
     return STANDARD_SETTINGS.get(dataset, DEFAULT_SETTINGS)
+
+
+def standard_protocols(dataset: str) -> tuple[str, ...]:
+    return STANDARD_PROTOCOLS.get(dataset, ("random",))
 
 
 @dataclass
@@ -152,10 +165,16 @@ def evaluate(
     support_augment: int = 5,
     outputs: tuple[str, ...] | None = None,
     plots_dir: Path | None = None,
+    protocols: tuple[str, ...] | None = None,
 ) -> list[EvalResult]:
-    """The standard protocol on a held-out split. For logreg on datasets trained with augmentation,
-    each support image is tiled `support_augment` times through that augmentation (RFS). `outputs`
-    restricts a multi-output model (e.g. BML's two views) to some of its embeddings."""
+    """The standard settings and protocols of the dataset (or `settings`, `protocols`) on a held-out
+    split. For logreg on datasets trained with augmentation, each support image is tiled
+    `support_augment` times through that augmentation (RFS). `outputs` restricts a multi-output model
+    (e.g. BML's two views) to some of its embeddings."""
+    protocols = protocols or standard_protocols(spec.dataset)
+    unknown_protocols = set(protocols) - set(PROTOCOLS)
+    if unknown_protocols:
+        raise ConfigError(f"unknown protocols {sorted(unknown_protocols)}; use {', '.join(PROTOCOLS)}")
     device = resolve_device()
     model = model.to(device).eval()
     head = model.head()
@@ -167,6 +186,11 @@ def evaluate(
             )
         head = {**head, "weights": {k: w for k, w in head["weights"].items() if k in outputs}}
     data = load_split(spec.dataset, split, spec.image_size)
+    if "within-alphabet" in protocols and (data.class_groups is None or data.drawers is None):
+        raise ConfigError(
+            f"the within-alphabet protocol needs alphabets and drawers, which {data.name} does not record "
+            "(only the omniglot dataset does)"
+        )
     features = extract_features(model, data.images, spec.mean, spec.std, device)
     features = {k: v for k, v in features.items() if not outputs or k in outputs}
     views = None
@@ -184,24 +208,28 @@ def evaluate(
             outputs=outputs,
         )
     results = []
-    for classifier in classifiers:
-        for n_way, k_shot in settings or standard_settings(spec.dataset):
-            results.append(
-                evaluate_episodes(
-                    features,
-                    data.labels,
-                    split=data.name,
-                    n_way=n_way,
-                    k_shot=k_shot,
-                    n_query=n_query,
-                    episodes=episodes,
-                    classifier=classifier,
-                    head=head,
-                    support_views=views if classifier == "logreg" else None,
-                    seed=seed,
-                    view=",".join(outputs) if outputs else "",
+    for sampling in protocols:
+        for classifier in classifiers:
+            for n_way, k_shot in settings or standard_settings(spec.dataset):
+                results.append(
+                    evaluate_episodes(
+                        features,
+                        data.labels,
+                        split=data.name,
+                        n_way=n_way,
+                        k_shot=k_shot,
+                        n_query=n_query,
+                        episodes=episodes,
+                        classifier=classifier,
+                        head=head,
+                        support_views=views if classifier == "logreg" else None,
+                        seed=seed,
+                        view=",".join(outputs) if outputs else "",
+                        sampling=sampling,
+                        class_groups=data.class_groups,
+                        drawers=data.drawers,
+                    )
                 )
-            )
     if plots_dir is not None and not outputs:  # the run's plots show the served (unrestricted) head
         _plot_test_features(model, features, data.labels, plots_dir, spec)
     return results

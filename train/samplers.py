@@ -3,7 +3,7 @@ replayed exactly, which is what makes resumed training identical to uninterrupte
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +57,57 @@ class EpisodeSampler:
         for _ in range(self.episodes):
             classes = rng.choice(self.eligible, self.n_way, replace=False)
             items = np.stack([rng.choice(self.by_class[c], per_class, replace=False) for c in classes])
+            yield Episode(classes, items[:, : self.k_shot], items[:, self.k_shot :])
+
+
+class WithinGroupEpisodeSampler(EpisodeSampler):
+    """Lake et al.'s one-shot protocol (Science 2015), N-way K-shot Q-query: the N classes of an episode
+    come from one group (an Omniglot alphabet; groups with at least N eligible classes are drawn
+    uniformly), and the episode draws K + Q distinct drawers, the same for all its classes: each class's
+    support images are those of the first K drawers, its queries those of the other Q, so support and
+    query drawers are disjoint."""
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        class_groups: Sequence[str],
+        drawers: np.ndarray,
+        n_way: int,
+        k_shot: int,
+        n_query: int,
+        episodes: int,
+        seed: int,
+    ) -> None:
+        super().__init__(labels, n_way, k_shot, n_query, episodes, seed)
+        self.drawer_ids = np.unique(drawers)
+        # table[c, d]: the image of class c by drawer drawer_ids[d], or -1
+        self.table = np.full((len(self.by_class), len(self.drawer_ids)), -1, dtype=np.int64)
+        columns = np.searchsorted(self.drawer_ids, drawers)
+        if len(np.unique(labels * len(self.drawer_ids) + columns)) != len(labels):
+            raise ValueError("a drawer drew some class more than once; within-group episodes need one each")
+        self.table[labels, columns] = np.arange(len(labels))
+        groups: dict[str, list[int]] = {}
+        for c in self.eligible:
+            groups.setdefault(class_groups[c], []).append(int(c))
+        self.groups = [np.array(members) for _, members in sorted(groups.items()) if len(members) >= n_way]
+        if not self.groups:
+            raise ValueError(
+                f"within-group {n_way}-way episodes need a group with {n_way} classes of at least "
+                f"{k_shot + n_query} images; none has"
+            )
+
+    def __iter__(self) -> Iterator[Episode]:
+        rng = epoch_rng(self.seed, self.epoch)
+        per_class = self.k_shot + self.n_query
+        for _ in range(self.episodes):
+            group = self.groups[rng.integers(len(self.groups))]
+            classes = rng.choice(group, self.n_way, replace=False)
+            shared = np.flatnonzero((self.table[classes] >= 0).all(axis=0))
+            if len(shared) < per_class:
+                raise ValueError(
+                    f"classes {classes.tolist()} share {len(shared)} drawers; an episode needs {per_class}"
+                )
+            items = self.table[classes][:, rng.choice(shared, per_class, replace=False)]
             yield Episode(classes, items[:, : self.k_shot], items[:, self.k_shot :])
 
 

@@ -12,12 +12,16 @@ import numpy as np
 @dataclass(frozen=True, eq=False)
 class ImageSet:
     """Decoded images of one split: images uint8 [N, H, W, C] (C = 1 or 3), labels int64 [N] in
-    0..num_classes-1 with every class present, class_names[label] naming each class."""
+    0..num_classes-1 with every class present, class_names[label] naming each class. Datasets that know
+    them (Omniglot) also give `drawers`, int64 [N], the id of the person who drew each image, and
+    `class_groups`, the group (alphabet) of each class; both are None elsewhere."""
 
     name: str
     images: np.ndarray
     labels: np.ndarray
     class_names: tuple[str, ...]
+    drawers: np.ndarray | None = None
+    class_groups: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[-1] not in (1, 3):
@@ -34,6 +38,12 @@ class ImageSet:
             raise ValueError(f"{self.name}: labels fall outside 0..{len(self.class_names) - 1}")
         if (np.bincount(self.labels, minlength=len(self.class_names)) == 0).any():
             raise ValueError(f"{self.name}: some classes have no images")
+        if self.drawers is not None and (
+            self.drawers.dtype != np.int64 or self.drawers.shape != self.labels.shape
+        ):
+            raise ValueError(f"{self.name}: drawers must be int64 [{len(self.labels)}]")
+        if self.class_groups is not None and len(self.class_groups) != len(self.class_names):
+            raise ValueError(f"{self.name}: class_groups must name one group per class")
 
     @property
     def num_classes(self) -> int:
@@ -52,7 +62,14 @@ class ImageSet:
         rows = self.class_rows()
         take = np.concatenate([rows[c] for c in picked]) if picked else np.zeros(0, np.int64)
         labels = np.repeat(np.arange(len(picked), dtype=np.int64), [len(rows[c]) for c in picked])
-        return ImageSet(self.name, self.images[take], labels, tuple(self.class_names[c] for c in picked))
+        return ImageSet(
+            self.name,
+            self.images[take],
+            labels,
+            tuple(self.class_names[c] for c in picked),
+            None if self.drawers is None else self.drawers[take],
+            None if self.class_groups is None else tuple(self.class_groups[c] for c in picked),
+        )
 
     def with_rotated_classes(self) -> ImageSet:
         """Four times the classes: the originals, then every class rotated counter-clockwise by 90, 180 and
@@ -60,7 +77,14 @@ class ImageSet:
         images = np.concatenate([np.rot90(self.images, k, axes=(1, 2)) for k in range(4)])
         labels = np.concatenate([self.labels + k * self.num_classes for k in range(4)])
         names = self.class_names + tuple(f"{n}/rot{90 * k:03d}" for k in (1, 2, 3) for n in self.class_names)
-        return ImageSet(f"{self.name}+rot", images, labels, names)
+        return ImageSet(
+            f"{self.name}+rot",
+            images,
+            labels,
+            names,
+            None if self.drawers is None else np.tile(self.drawers, 4),
+            None if self.class_groups is None else self.class_groups * 4,
+        )
 
 
 def concat(name: str, sets: Sequence[ImageSet]) -> ImageSet:

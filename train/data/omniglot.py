@@ -4,6 +4,7 @@ background/evaluation split, and the Vinyals split with rotations as extra class
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -85,7 +86,8 @@ def load_vinyals(split: str, size: int) -> ImageSet:
 
 
 def characters(folder: str, size: int) -> ImageSet:
-    """Every character of `images_<folder>` as a class "<Alphabet>/<characterNN>", sorted by name."""
+    """Every character of `images_<folder>` as a class "<Alphabet>/<characterNN>", sorted by name, with
+    its alphabet as class group and each drawing's drawer (see `drawer_of`)."""
     root = locate(ARCHIVES[f"omniglot-{folder}"])
     classes = []
     for alphabet in _names(root):
@@ -104,7 +106,20 @@ def characters(folder: str, size: int) -> ImageSet:
         images = decode_many(files, size, 1, f"Decoding Omniglot {folder} at {size}px")
         return ImageSet(f"omniglot/{folder}", images, labels, tuple(name for name, _ in classes))
 
-    return cached(f"omniglot-{folder}-{size}px-1ch", file_fingerprint(classes), build)
+    decoded = cached(f"omniglot-{folder}-{size}px-1ch", file_fingerprint(classes), build)
+    # Not part of the cached arrays: read from the file names, whose order the cached rows follow.
+    drawers = np.array([drawer_of(file) for _, files in classes for file in files], dtype=np.int64)
+    alphabets = tuple(name.split("/")[0] for name, _ in classes)
+    return replace(decoded, drawers=drawers, class_groups=alphabets)
+
+
+def drawer_of(file: Path) -> int:
+    """The drawer of an Omniglot drawing: the YY (01-20) of its file name XXXX_YY.png, where XXXX numbers
+    the character."""
+    match = re.fullmatch(r"\d{4}_(\d{2})\.png", file.name)
+    if match is None:
+        raise DatasetMissingError(f"{file} is not named like an Omniglot drawing (XXXX_YY.png)")
+    return int(match.group(1))
 
 
 def _names(folder: Path, suffix: str | None = None) -> list[str]:
