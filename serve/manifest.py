@@ -90,6 +90,26 @@ class Rejection:
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """Temperature scaling: `temperature` (the head's) is `fitted_from` times the factor that minimises
+    the mean negative log-likelihood of episode queries of `fit_split` (`protocol`). ECE (expected
+    calibration error over `bins` equal-width bins of the top-1 probability), NLL and top-1 accuracy are
+    measured on episodes of `eval_split`, at the head's temperature and, for comparison, at `fitted_from`."""
+
+    temperature: float
+    fitted_from: float
+    protocol: str
+    fit_split: str
+    eval_split: str
+    bins: int
+    ece: float
+    ece_uncalibrated: float
+    nll: float
+    nll_uncalibrated: float
+    accuracy: float
+
+
+@dataclass(frozen=True)
 class Generators:
     """Feature generators trained by progressive knowledge distillation. Each file is an ONNX graph with
     inputs "x" [N, d] (a real support embedding), "z" [N, noise_dim] (standard normal noise) and "q"
@@ -132,6 +152,7 @@ class Manifest:
     rejection: Rejection | None = None
     generators: Generators | None = None
     classifier: FixedClassifier | None = None
+    calibration: Calibration | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -208,6 +229,7 @@ class Manifest:
                 rejection=_rejection(data.get("rejection")),
                 generators=_generators(data.get("generators")),
                 classifier=_classifier(data.get("classifier")),
+                calibration=_calibration(data.get("calibration")),
             )
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
             raise BundleError(f"manifest is malformed: {error!r}") from None
@@ -251,6 +273,8 @@ class Manifest:
             raise BundleError("head.temperature must be positive")
         if self.rejection is not None and not (0 < self.rejection.target < 1):
             raise BundleError("rejection.target must lie between 0 and 1")
+        if self.calibration is not None:
+            self._validate_calibration(self.calibration)
         dims = {o.name: o.dim for o in self.embedder.outputs}
         extra_files = []
         if self.generators is not None:
@@ -271,6 +295,16 @@ class Manifest:
         for file in extra_files:
             if file not in self.files:
                 raise BundleError(f"file {file!r} has no sha256 in manifest.files")
+
+    def _validate_calibration(self, c: Calibration) -> None:
+        if c.temperature != self.head.temperature:
+            raise BundleError("calibration.temperature must be the head's temperature")
+        if c.fitted_from <= 0 or c.bins < 1:
+            raise BundleError("calibration.fitted_from must be positive and calibration.bins at least 1")
+        if not all(0 <= v <= 1 for v in (c.ece, c.ece_uncalibrated, c.accuracy)):
+            raise BundleError("calibration.ece, .ece_uncalibrated and .accuracy must lie between 0 and 1")
+        if c.nll < 0 or c.nll_uncalibrated < 0:
+            raise BundleError("calibration.nll and .nll_uncalibrated must not be negative")
 
     def _validate_graph(self, role: str, graph: Graph) -> None:
         for file in (graph.file, graph.weights):
@@ -328,6 +362,24 @@ def _rejection(data: dict[str, Any] | None) -> Rejection | None:
         protocol=str(data["protocol"]),
         known_accepted=float(data["known_accepted"]),
         unknown_rejected=float(data["unknown_rejected"]),
+    )
+
+
+def _calibration(data: dict[str, Any] | None) -> Calibration | None:
+    if data is None:
+        return None
+    return Calibration(
+        temperature=float(data["temperature"]),
+        fitted_from=float(data["fitted_from"]),
+        protocol=str(data["protocol"]),
+        fit_split=str(data["fit_split"]),
+        eval_split=str(data["eval_split"]),
+        bins=int(data["bins"]),
+        ece=float(data["ece"]),
+        ece_uncalibrated=float(data["ece_uncalibrated"]),
+        nll=float(data["nll"]),
+        nll_uncalibrated=float(data["nll_uncalibrated"]),
+        accuracy=float(data["accuracy"]),
     )
 
 
