@@ -32,6 +32,8 @@ app = typer.Typer(add_completion=False)
 
 
 def _report(outcome: object, json_output: bool, extra: dict[str, object] | None = None) -> None:
+    from dataclasses import asdict
+
     from rich.console import Console
 
     from distilshot.train.report import print_results
@@ -40,6 +42,8 @@ def _report(outcome: object, json_output: bool, extra: dict[str, object] | None 
         "bundle": str(outcome.bundle),
         "results": [r.to_dict() for r in outcome.results],
         "parity": outcome.parity.to_dict(),
+        "calibration": asdict(outcome.calibration),
+        "rejection": asdict(outcome.rejection),
         **(extra or {}),
     }
     if json_output:
@@ -53,6 +57,19 @@ def _report(outcome: object, json_output: bool, extra: dict[str, object] | None 
         f"{outcome.parity.episodes} episodes: {outcome.parity.queries - outcome.parity.disagreements} of "
         f"{outcome.parity.queries} queries faithful, {outcome.parity.near_ties} near ties within float32 "
         f"rounding"
+    )
+    c, r = outcome.calibration, outcome.rejection
+    console.print(
+        f"probabilities: temperature {c.temperature:.4g} (model's {c.fitted_from:.4g}) fitted on "
+        f"{c.fit_split}; "
+        f"on {c.eval_split} ({c.protocol}): ECE {c.ece:.3f} (uncalibrated {c.ece_uncalibrated:.3f}), "
+        f"NLL {c.nll:.3f} (uncalibrated {c.nll_uncalibrated:.3f}), accuracy {100 * c.accuracy:.2f}%",
+        markup=False,
+    )
+    console.print(
+        f"unknown below logit {r.threshold:.4g}: {100 * r.known_accepted:.1f}% of known queries accepted, "
+        f"{100 * r.unknown_rejected:.1f}% of unknown rejected ({r.protocol})",
+        markup=False,
     )
     console.print(f"bundle: {outcome.bundle}")
 

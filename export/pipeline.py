@@ -1,4 +1,5 @@
-"""`train-export`: train, evaluate on the held-out split, export the bundle, check its parity."""
+"""`train-export`: train, evaluate on the held-out split, export the bundle, check its parity, calibrate
+its probabilities (temperature) and its "unknown" threshold."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from pathlib import Path
 
 from distilshot.errors import DistilshotError
 from distilshot.export.bundle import write_bundle
+from distilshot.export.calibration import calibrate_temperature
 from distilshot.export.parity import ParityReport, check_parity
-from distilshot.serve.manifest import sha256_file
-from distilshot.serve.rejection import calibrate_bundle
+from distilshot.serve.manifest import Calibration, Rejection, sha256_file
+from distilshot.serve.rejection import bundle_features, record_rejection
 from distilshot.train.checkpoint import ModelSpec, load_model
-from distilshot.train.data.registry import load_split
+from distilshot.train.data.registry import dataset_info, load_split
 from distilshot.train.evaluation import EvalResult
 from distilshot.train.methods import Method
 from distilshot.train.pipeline import evaluate
@@ -24,6 +26,8 @@ class ExportOutcome:
     bundle: Path
     results: list[EvalResult]
     parity: ParityReport
+    calibration: Calibration
+    rejection: Rejection
 
 
 def metrics_of(results: list[EvalResult]) -> dict[str, dict[str, object]]:
@@ -50,9 +54,15 @@ def export_model(
             f"{parity.queries} parity queries beyond float32 rounding ({parity.near_ties} near ties; max abs "
             f"diff {parity.max_abs_diff})"
         )
-    # The "unknown" answer's threshold, calibrated on the held-out classes with the bundle's own engine.
-    calibrate_bundle(bundle, test.images, test.labels, test.name)
-    return ExportOutcome(bundle, results, parity)
+    # Probabilities, then the "unknown" answer's threshold on logits at the fitted temperature, both on
+    # held-out classes with the bundle's own engine; the diagram goes beside the parity report.
+    has_val = "val" in dataset_info(spec.dataset, spec.image_size).splits
+    fit = load_split(spec.dataset, "val", spec.image_size) if has_val else test
+    features = bundle_features(bundle, test.images)
+    plot = bundle.parent / f"{bundle.name}.reliability.png"
+    calibration = calibrate_temperature(bundle, fit, test, features, plot)
+    rejection = record_rejection(bundle, features, test.labels, test.name)
+    return ExportOutcome(bundle, results, parity, calibration, rejection)
 
 
 def export_checkpoint(

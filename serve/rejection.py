@@ -4,8 +4,8 @@ The rule, run on a labelled held-out split (the bundle's evaluation classes, at 
 1. Split the classes in two halves at random (seeded): one to fit the threshold, one to measure it.
 2. On the fitting half, sample open-set episodes: `ways` registered classes with `shots` support images
    each and `queries` queries each ("known" queries), plus `ways` other classes whose `queries` queries
-   each are "unknown". Each query's score is its best logit under the model's own head against the
-   registered prototypes.
+   each are "unknown". Each query's score is its best logit under the bundle's head (at its calibrated
+   temperature, so export fits the temperature first) against the registered prototypes.
 3. threshold = the (1 - target) quantile of the known scores, so that a share `target` of queries of
    registered classes is accepted. Unknown queries only enter the measurement, never the fit.
 4. Repeat step 2 on the other half and report the share of known queries accepted and of unknown queries
@@ -123,9 +123,9 @@ def calibrate(
     )
 
 
-def calibrate_bundle(bundle_dir: Path | str, images: np.ndarray, labels: np.ndarray, split: str) -> Rejection:
-    """Embeds a held-out split (uint8 [N, H, W, C] at the model's input size) with the bundle's own
-    engine, calibrates the threshold on it and records it in the bundle's manifest."""
+def bundle_features(bundle_dir: Path | str, images: np.ndarray) -> dict[str, np.ndarray]:
+    """The embeddings (per output, [N, dim]) of uint8 images [N, H, W, C] at the model's input size, from
+    the bundle's own engine."""
     manifest = load_manifest(bundle_dir)
     prep = manifest.preprocessing
     if images.shape[1:] != (prep.height, prep.width, prep.channels):
@@ -138,7 +138,21 @@ def calibrate_bundle(bundle_dir: Path | str, images: np.ndarray, labels: np.ndar
         engine.embed(normalise(images[start : start + CHUNK_SIZE], prep))
         for start in range(0, len(images), CHUNK_SIZE)
     ]
-    features = {o.name: np.concatenate([p[o.name] for p in parts]) for o in manifest.embedder.outputs}
+    return {o.name: np.concatenate([p[o.name] for p in parts]) for o in manifest.embedder.outputs}
+
+
+def record_rejection(
+    bundle_dir: Path | str, features: Mapping[str, np.ndarray], labels: np.ndarray, split: str
+) -> Rejection:
+    """Calibrates the threshold on a held-out split's bundle embeddings (`bundle_features`) under the
+    bundle's current head (its temperature scales the logits) and records it in the manifest."""
+    manifest = load_manifest(bundle_dir)
     rejection = calibrate(PrototypeHead(manifest.head), features, labels, split=split)
     replace(manifest, rejection=rejection).save(Path(bundle_dir))
     return rejection
+
+
+def calibrate_bundle(bundle_dir: Path | str, images: np.ndarray, labels: np.ndarray, split: str) -> Rejection:
+    """Embeds a held-out split (uint8 [N, H, W, C] at the model's input size) with the bundle's own
+    engine, calibrates the threshold on it and records it in the bundle's manifest."""
+    return record_rejection(bundle_dir, bundle_features(bundle_dir, images), labels, split)

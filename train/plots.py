@@ -1,7 +1,8 @@
-"""PNG plots people look at: training curves, embedding maps, confusion matrices."""
+"""PNG plots people look at: training curves, embedding maps, confusion matrices, reliability diagrams."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,30 @@ def plot_confusion(matrix: np.ndarray, path: Path, title: str = "") -> Path:
     image = ax.imshow(rates, vmin=0, vmax=1, cmap="Blues")
     fig.colorbar(image, ax=ax)
     ax.set(xlabel="predicted", ylabel="true", title=title or "confusion")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_reliability(
+    curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path, title: str = ""
+) -> Path:
+    """Reliability diagram: per curve (label -> per-bin counts, mean top-1 probability, accuracy, as
+    export.calibration.reliability_bins gives them), accuracy against probability in the non-empty
+    bins; a calibrated model lies on the diagonal. Below: the share of queries in each bin."""
+    fig, (ax, ax_count) = plt.subplots(
+        2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
+    for label, (counts, confidence, accuracy) in curves.items():
+        used = counts > 0
+        ax.plot(confidence[used], accuracy[used], marker="o", label=label)
+        ax_count.plot(confidence[used], counts[used] / counts.sum(), marker=".", label=label)
+    ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    ax.set_title(textwrap.fill(title or "reliability", 70), fontsize=8)
+    ax.legend(fontsize=7, loc="upper left")
+    ax_count.set(xlabel="top-1 probability (mean of each bin)", ylabel="share of queries")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
