@@ -384,6 +384,7 @@ class FewShotClassifier:
             "precision": m.graphs[self.engine.role].precision,
             "providers": self.engine.providers_in_use,
             "rejection": None if m.rejection is None else asdict(m.rejection),
+            "calibration": None if m.calibration is None else asdict(m.calibration),
             "store": None if self.store.path is None else str(self.store.path),
             "classes": len(self.store.classes()),
         }
