@@ -65,6 +65,16 @@ def model_card(classifier: FewShotClassifier) -> str:
         )
     else:
         lines.append("**Unknown**: this bundle has no calibrated threshold, so every query gets a class")
+    calibration = classifier.manifest.calibration
+    if calibration is not None:
+        lines.append(
+            f"**Probabilities** calibrated (temperature {calibration.temperature:.3g}, fitted on "
+            f"{calibration.fit_split}): expected calibration error {calibration.ece:.3f} "
+            f"(uncalibrated {calibration.ece_uncalibrated:.3f}) on {calibration.eval_split}, "
+            f"{calibration.protocol}"
+        )
+    else:
+        lines.append("**Probabilities**: this bundle's temperature is not calibrated")
     return "\n\n".join(lines)
 
 
@@ -191,12 +201,14 @@ def build_demo(classifier: FewShotClassifier, *, scoped: bool = False) -> gr.Blo
             (prediction,) = classifier.classify([source], TOP_K, names=[name], nearest=True, augment=augment)
         except DistilshotError as error:
             return failed(error), None, []
-        answer = "unknown" if prediction.label is None else prediction.label
-        detail = (
-            f" (best logit {prediction.logits[0]:.3g} is below the threshold {prediction.threshold:.3g})"
-            if prediction.unknown
-            else ""
-        )
+        answer, detail = prediction.label, ""
+        if prediction.unknown:  # never shown as a label with its probability: the top-k are only candidates
+            best, probability = prediction.top_k[0]
+            answer = "unknown"
+            detail = (
+                f" (closest class {best}, {100 * probability:.0f}% among the registered classes, but its "
+                f"logit {prediction.logits[0]:.3g} is below the threshold {prediction.threshold:.3g})"
+            )
         nearest = []
         for (label, score), shot in zip(prediction.top_k, prediction.nearest, strict=True):
             if shot is not None:
@@ -205,7 +217,8 @@ def build_demo(classifier: FewShotClassifier, *, scoped: bool = False) -> gr.Blo
                 except DistilshotError:
                     continue
                 nearest.append((Image.open(io.BytesIO(png)), f"{label}: {score:.2f}"))
-        return f"Answer: {answer}{detail}", dict(prediction.top_k), nearest
+        ranked = "unknown" if prediction.unknown else dict(prediction.top_k)
+        return f"Answer: {answer}{detail}", ranked, nearest
 
     with gr.Blocks(title="distilshot demo") as blocks:
         gr.Markdown("# distilshot — few-shot image classification")
