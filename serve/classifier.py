@@ -33,6 +33,7 @@ from distilshot.serve.images import (
 )
 from distilshot.serve.manifest import load_manifest
 from distilshot.serve.store import ClassInfo, Shot, ShotInfo, SupportStore, UnknownClassError
+from distilshot.serve.store_import import import_shots
 
 # Files `register_folder` picks up from each class folder; anything else (notes, .DS_Store) is ignored.
 IMAGE_SUFFIXES = frozenset(
@@ -130,7 +131,10 @@ class FewShotClassifier:
         rejection = self.manifest.rejection
         self.threshold = None if rejection is None else rejection.threshold
         reembedder = self._reembed_stored if reembed else None
-        self.store = SupportStore(store_path, self.manifest.fingerprint(self.engine.role), reembedder)
+        layout = {o.name: o.dim for o in self.manifest.embedder.outputs}
+        self.store = SupportStore(
+            store_path, self.manifest.fingerprint(self.engine.role), reembedder, layout=layout
+        )
         self._prepared: tuple[object, Prototypes] | None = None
         m = self.manifest
         self.generators = None if m.generators is None else GeneratorEnsemble(self.bundle_dir, m.generators)
@@ -197,9 +201,11 @@ class FewShotClassifier:
         return self.store.export_to(destination)
 
     def import_store(self, source: Path | str) -> list[ClassInfo]:
-        """Adds every class of an exported store, re-embedding its images if it comes from another model;
-        all of them or, if any name is taken or anything is invalid, none."""
-        return self.store.import_from(source, self._reembed_stored)
+        """Adds every class of an exported store, its images embedded again with this bundle (the file's
+        vectors are never trusted); all of them or, if any name is taken or anything is invalid, none."""
+        layout = {o.name: o.dim for o in self.manifest.embedder.outputs}
+        shots = import_shots(source, self.store.fingerprint, layout, self._reembed_stored)
+        return self.store.register_many(shots)
 
     # -- classification -----------------------------------------------------------------------------
 

@@ -130,7 +130,7 @@ def load_stored_copy(data: bytes, *, name: str) -> Image.Image:
     RGB PNG, one frame, longest side at most THUMBNAIL_SIDE. Anything else is refused before decoding
     (ImageError), so a store file from elsewhere cannot hand the server a large or exotic image."""
     if not isinstance(data, bytes) or not data.startswith(PNG_SIGNATURE):
-        raise ImageError(f"{name}: a stored copy must be a PNG image")
+        raise ImageError(f"{name}: not an image in PNG format; a stored copy must be a PNG image")
     image = _open(data, name, MAX_STORED_COPY_BYTES)
     width, height = image.size
     if image.format != "PNG" or image.mode not in ("L", "RGB") or getattr(image, "n_frames", 1) != 1:

@@ -4,7 +4,8 @@ Every change is one transaction and every refusal raises StoreError before anyth
 refused call leaves the file as it was. A store holds embeddings of exactly one model (its fingerprint);
 opening it with another model's bundle is refused unless the caller re-embeds every stored support image
 with the new model (`reembed`), which replaces all embeddings in one transaction: two embedding spaces are
-never mixed. `export_to` writes a self-contained copy; `import_from` merges such a copy into a store.
+never mixed. `export_to` writes a self-contained copy; serve/store_import.py reads such copies, which
+may come from anyone, for `register_many`.
 """
 
 from __future__ import annotations
@@ -19,18 +20,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
-from distilshot.errors import ImageError, StoreError
+from distilshot.errors import StoreError
 from distilshot.serve.head import class_mean
 
 APPLICATION_ID = 0x44534854  # "DSHT" in the SQLite header marks a distilshot support store
 SCHEMA_VERSION = 1  # PRAGMA user_version
 MAX_NAME_LENGTH = 100
-_SQLITE_MAGIC = b"SQLite format 3\x00"
+MAX_SOURCE_LENGTH = 255  # a shot's source: a file name or a caller's display name
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
-_SCHEMA = (
+SCHEMA = (
     "CREATE TABLE metadata (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE classes (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, created TEXT NOT NULL)",
     # thumbnail: PNG, longest side <= 256, for re-embedding with another model and for galleries
@@ -103,24 +106,60 @@ class StoreBusyError(StoreError):
 Reembedder = Callable[[Sequence[tuple[str, bytes]]], dict[str, np.ndarray]]
 REEMBED_CHUNK = 256  # stored images decoded and embedded at a time while re-embedding a whole store
 LOCK_TIMEOUT_S = 10
+T = TypeVar("T")
 
 
-def check_class_name(name: str) -> None:
-    """Raises StoreError unless `name` is usable as a class name (and as a folder or file name later)."""
-    if not isinstance(name, str) or not name.strip():
+# Unicode categories refused in class names: control, format (invisible and bidirectional marks such as
+# U+200B and U+202E), surrogate, private use, unassigned, and line and paragraph separators. With them,
+# two classes could look the same, or a name could display reordered.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def canonical_name(name: str) -> str:
+    """The stored form of a class name (Unicode NFC), so names that differ only in normalisation (an
+    accent composed or combined) are one class. Lookups and removals apply it too."""
+    return unicodedata.normalize("NFC", name)
+
+
+def check_class_name(name: str) -> str:
+    """Returns `name` in its stored form (NFC), or raises StoreError unless it is usable as a class
+    name (and as a folder or file name later)."""
+    if not isinstance(name, str):
+        raise StoreError(f"a class name must be text, not {type(name).__name__}")
+    if not name.strip():
         raise StoreError("a class name must not be empty")
+    refused = next((ch for ch in name if unicodedata.category(ch) in _REFUSED_CATEGORIES), None)
+    if refused is not None:
+        raise StoreError(
+            f"class name {name!r} must not contain control characters, line breaks or invisible or "
+            f"direction-changing characters (U+{ord(refused):04X} at position {name.index(refused)})"
+        )
+    name = canonical_name(name)
     if len(name) > MAX_NAME_LENGTH:
         raise StoreError(
             f"class name {name[:20]!r}… is {len(name)} characters; the limit is {MAX_NAME_LENGTH}"
         )
     if "/" in name or "\\" in name:
         raise StoreError(f"class name {name!r} must not contain a path separator")
-    if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in name):
-        raise StoreError(f"class name {name!r} must not contain control characters or line breaks")
     if name != name.strip():
         raise StoreError(f"class name {name!r} must not start or end with whitespace")
     if name in (".", ".."):
         raise StoreError(f"class name {name!r} is not allowed")
+    return name
+
+
+def canonical_classes(classes: Mapping[str, T]) -> dict[str, T]:
+    """`classes` keyed by checked, stored-form names; two names that are one once normalised are refused."""
+    checked: dict[str, T] = {}
+    given: dict[str, str] = {}
+    for name, value in classes.items():
+        stored = check_class_name(name)
+        if stored in checked:
+            raise StoreError(
+                f"class names {given[stored]!r} and {name!r} are the same name once Unicode-normalised (NFC)"
+            )
+        checked[stored], given[stored] = value, name
+    return checked
 
 
 def _now() -> str:
@@ -131,12 +170,19 @@ class SupportStore:
     """Classes and support shots in SQLite (WAL mode). `path=None` keeps the store in memory.
 
     A new store needs the `fingerprint` of the model its embeddings come from; an existing store opened
-    with a different fingerprint is refused. Without a fingerprint an existing store can be listed and
-    have classes removed, but shots cannot be added. Safe to share between threads.
+    with a different fingerprint is refused. `layout` (output name -> dim, from the bundle) is what every
+    shot's embeddings must be, even in an empty store; without it, the first shots set it. Without a
+    fingerprint an existing store can be listed and have classes removed, but shots cannot be added.
+    Safe to share between threads.
     """
 
     def __init__(
-        self, path: str | Path | None, fingerprint: str | None = None, reembed: Reembedder | None = None
+        self,
+        path: str | Path | None,
+        fingerprint: str | None = None,
+        reembed: Reembedder | None = None,
+        *,
+        layout: Mapping[str, int] | None = None,
     ) -> None:
         self.path = None if path is None else Path(path)
         self._where = "in-memory store" if self.path is None else f"store {self.path}"
@@ -145,8 +191,10 @@ class SupportStore:
         self._cache: tuple[tuple[int, int], tuple[list[str], dict[str, np.ndarray]]] | None = None
         self._conn = self._connect(fingerprint)
         self._model_checked = fingerprint is not None  # only then may embeddings be added
+        self.layout = None if layout is None else dict(layout)
         try:
             self.fingerprint = self._check_fingerprint(fingerprint, reembed)
+            self._check_layout()
         except BaseException:
             self._conn.close()
             raise
@@ -169,7 +217,7 @@ class SupportStore:
                 raise StoreError(f"cannot create {self._where}: folder {self.path.parent} does not exist")
             if not new:
                 with open(self.path, "rb") as f:
-                    if f.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
+                    if f.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
                         raise StoreError(f"{self.path} is not a distilshot support store")
         try:
             conn = sqlite3.connect(
@@ -217,7 +265,7 @@ class SupportStore:
                 conn.execute("ROLLBACK")
                 self._check_identity(conn)
                 return
-            for statement in _SCHEMA:
+            for statement in SCHEMA:
                 conn.execute(statement)
             conn.executemany(
                 "INSERT INTO metadata (key, value) VALUES (?, ?)",
@@ -278,6 +326,18 @@ class SupportStore:
             conn.execute("UPDATE metadata SET value = ? WHERE key = 'fingerprint'", (fingerprint,))
         self.fingerprint = fingerprint
 
+    def _check_layout(self) -> None:
+        """A store whose prototypes do not have the bundle's outputs and dims cannot answer; say so now."""
+        if self.layout is None:
+            return
+        with self._lock:
+            stored = dict(self._conn.execute("SELECT output, dim FROM prototypes GROUP BY output").fetchall())
+        if stored and stored != self.layout:
+            raise StoreError(
+                f"{self._where} holds embeddings {stored}, but this bundle makes {self.layout}: the store is "
+                "damaged; remove its classes (`distilshot remove`) or use another store"
+            )
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -325,10 +385,9 @@ class SupportStore:
 
     def check_new(self, names: Sequence[str]) -> None:
         """Raises StoreError unless every name is valid and not registered yet (`register` checks again)."""
-        for name in names:
-            check_class_name(name)
+        checked = canonical_classes(dict.fromkeys(names))
         with self._lock:
-            self._refuse_existing(self._conn, names)
+            self._refuse_existing(self._conn, list(checked))
 
     def check_existing(self, name: str) -> None:
         """Raises StoreError unless class `name` is registered."""
@@ -340,11 +399,12 @@ class SupportStore:
         return self.register_many({name: shots})[0]
 
     def register_many(self, classes: Mapping[str, Sequence[Shot]]) -> list[ClassInfo]:
-        """Adds several new classes in one transaction: all of them or, on any refusal, none."""
+        """Adds several new classes in one transaction: all of them or, on any refusal, none. Names are
+        stored Unicode-normalised (NFC), as the returned infos show."""
         if not classes:
             raise StoreError("no classes to register")
+        classes = canonical_classes(classes)
         for name, shots in classes.items():
-            check_class_name(name)
             if not shots:
                 raise StoreError(f"class {name!r} needs at least one support image")
         now = _now()
@@ -366,11 +426,12 @@ class SupportStore:
             class_id = self._class_id(conn, name)
             self._check_shots(conn, shots)
             self._insert_shots(conn, class_id, shots, _now())
-            count, created = conn.execute(
-                "SELECT COUNT(*), c.created FROM shots s JOIN classes c ON c.id = s.class_id WHERE c.id = ?",
+            stored, count, created = conn.execute(
+                "SELECT c.name, COUNT(*), c.created FROM shots s JOIN classes c ON c.id = s.class_id "
+                "WHERE c.id = ?",
                 (class_id,),
             ).fetchone()
-        return ClassInfo(name, count, created)
+        return ClassInfo(stored, count, created)
 
     def remove(self, name: str) -> None:
         """Deletes a class with its shots, embeddings and prototype."""
@@ -386,7 +447,11 @@ class SupportStore:
                 )
 
     def _class_id(self, conn: sqlite3.Connection, name: str) -> int:
-        row = conn.execute("SELECT id FROM classes WHERE name = ?", (name,)).fetchone()
+        # The stored form first; then the name as given, for a class stored before names were normalised.
+        row = conn.execute(
+            "SELECT id FROM classes WHERE name IN (?, ?) ORDER BY name = ? DESC LIMIT 1",
+            (canonical_name(name), name, canonical_name(name)),
+        ).fetchone()
         if row is None:
             raise UnknownClassError(f"there is no class {name!r} in the {self._where}")
         return int(row[0])
@@ -395,8 +460,15 @@ class SupportStore:
         """All shots must carry the same outputs and dims as each other and as the stored prototypes."""
         if not self._model_checked:
             raise StoreError(f"{self._where} was opened without a bundle; open it with one to add images")
-        layout = dict(conn.execute("SELECT output, dim FROM prototypes GROUP BY output").fetchall())
+        layout = self.layout or dict(
+            conn.execute("SELECT output, dim FROM prototypes GROUP BY output").fetchall()
+        )
         for shot in shots:
+            if not isinstance(shot.source, str) or len(shot.source) > MAX_SOURCE_LENGTH:
+                raise StoreError(
+                    f"shot source {str(shot.source)[:40]!r}… is {len(shot.source)} characters; the limit is "
+                    f"{MAX_SOURCE_LENGTH}"
+                )
             shape = {k: np.shape(v) for k, v in shot.embeddings.items()}
             if not shape or any(len(s) != 1 for s in shape.values()):
                 raise StoreError(f"shot {shot.source!r} needs one 1-d embedding per output, got {shape}")
@@ -404,7 +476,8 @@ class SupportStore:
             if not layout:
                 layout = dims
             if dims != layout:
-                raise StoreError(f"shot {shot.source!r} has embeddings {dims}; this store holds {layout}")
+                holds = "this bundle makes" if self.layout else "this store holds"
+                raise StoreError(f"shot {shot.source!r} has embeddings {dims}; {holds} {layout}")
             if not all(np.isfinite(v).all() for v in shot.embeddings.values()):
                 raise StoreError(f"shot {shot.source!r} has NaN or infinite embedding values")
 
@@ -458,8 +531,9 @@ class SupportStore:
         """Deletes one support shot of class `name`; its last shot cannot go (remove the class instead)."""
         with self._transaction() as conn:
             class_id = self._class_id(conn, name)
-            count, created = conn.execute(
-                "SELECT COUNT(*), c.created FROM shots s JOIN classes c ON c.id = s.class_id WHERE c.id = ?",
+            stored, count, created = conn.execute(
+                "SELECT c.name, COUNT(*), c.created FROM shots s JOIN classes c ON c.id = s.class_id "
+                "WHERE c.id = ?",
                 (class_id,),
             ).fetchone()
             if not conn.execute(
@@ -472,7 +546,7 @@ class SupportStore:
                 )
             conn.execute("DELETE FROM shots WHERE id = ?", (shot_id,))
             self._update_prototypes(conn, [class_id])
-        return ClassInfo(name, count - 1, created)
+        return ClassInfo(stored, count - 1, created)
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -588,109 +662,3 @@ class SupportStore:
         finally:
             Path(tmp).unlink(missing_ok=True)
         return destination
-
-    def import_from(self, source: str | Path, reembed: Reembedder | None = None) -> list[ClassInfo]:
-        """Adds every class of an exported store file to this one, in one transaction. Embeddings are
-        copied when both stores hold the same model and otherwise recomputed with `reembed` from the
-        stored images. A name that exists here already refuses the whole import."""
-        fingerprint, classes = read_store_file(source)
-        if fingerprint == self.fingerprint:
-            shots = {name: [shot for shot, _ in items] for name, items in classes.items()}
-        elif reembed is None:
-            raise ModelMismatchError(
-                f"{source} holds embeddings of model {fingerprint[:12]}…, this store is model "
-                f"{self.fingerprint[:12]}…; import it through a classifier so its images are re-embedded"
-            )
-        else:
-            shots = {}
-            for name, items in classes.items():
-                vectors = reembed([(shot.source, shot.thumbnail) for shot, _ in items])
-                shots[name] = [
-                    Shot(shot.source, {o: v[i] for o, v in vectors.items()}, shot.thumbnail)
-                    for i, (shot, _) in enumerate(items)
-                ]
-        if not shots:
-            raise StoreError(f"{source} holds no classes; nothing to import")
-        return self.register_many(shots)
-
-
-_EXPECTED_SCHEMA: list[tuple[str, str, str]] = []
-
-
-def _expected_schema() -> list[tuple[str, str, str]]:
-    """(type, name, sql) of every schema object a store holds, from an empty store made in memory."""
-    if not _EXPECTED_SCHEMA:
-        conn = sqlite3.connect(":memory:")
-        for statement in _SCHEMA:
-            conn.execute(statement)
-        _EXPECTED_SCHEMA.extend(conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name"))
-        conn.close()
-    return _EXPECTED_SCHEMA
-
-
-def read_store_file(source: str | Path) -> tuple[str, dict[str, list[tuple[Shot, str]]]]:
-    """Reads an exported store file, which may come from anyone: it must be a distilshot store with exactly
-    our schema (no triggers or views), pass SQLite's integrity check, and hold valid class names and
-    decodable images. Returns its model fingerprint and, per class, (shot, created) pairs."""
-    from distilshot.serve.images import load_image  # images -> manifest; keeps this module light
-
-    source = Path(source)
-    where = f"store file {source}"
-    if not source.is_file():
-        raise StoreError(f"{where} does not exist")
-    with open(source, "rb") as f:
-        if f.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
-            raise StoreError(f"{where} is not a distilshot support store")
-    try:
-        conn = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
-    except sqlite3.Error as error:
-        raise StoreError(f"cannot open {where}: {error}") from None
-    try:
-        conn.execute("PRAGMA trusted_schema = OFF")
-        if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
-            raise StoreError(f"{where} is an SQLite file but not a distilshot support store")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version != SCHEMA_VERSION:
-            raise StoreError(f"{where} has schema version {version}; this distilshot reads {SCHEMA_VERSION}")
-        if conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall() != (
-            _expected_schema()
-        ):
-            raise StoreError(f"{where} has tables, indexes, triggers or views that a store does not have")
-        problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
-        if problems != ["ok"]:
-            raise StoreError(f"{where} is damaged: {problems[0]}")
-        row = conn.execute("SELECT value FROM metadata WHERE key = 'fingerprint'").fetchone()
-        if row is None or not isinstance(row[0], str):
-            raise StoreError(f"{where} has no model fingerprint; it is damaged")
-        fingerprint = row[0]
-        classes: dict[str, list[tuple[Shot, str]]] = {}
-        shots = conn.execute(
-            "SELECT c.name, s.id, s.source, s.thumbnail, s.created FROM shots s "
-            "JOIN classes c ON c.id = s.class_id ORDER BY c.name, s.id"
-        )
-        for name, shot_id, source_name, thumbnail, created in shots:
-            check_class_name(name)
-            if not isinstance(thumbnail, bytes) or not isinstance(source_name, str):
-                raise StoreError(f"{where}: shot {shot_id} of class {name!r} is damaged")
-            try:
-                load_image(thumbnail, name=f"{where}: shot {shot_id} of class {name!r}")
-            except ImageError as error:
-                raise StoreError(str(error)) from None
-            vectors = {
-                output: np.frombuffer(vector, "<f4")
-                for output, dim, vector in conn.execute(
-                    "SELECT output, dim, vector FROM embeddings WHERE shot_id = ?", (shot_id,)
-                )
-                if isinstance(vector, bytes) and len(vector) == 4 * dim
-            }
-            classes.setdefault(name, []).append((Shot(source_name, vectors, thumbnail), str(created)))
-        empty = conn.execute(
-            "SELECT name FROM classes WHERE id NOT IN (SELECT class_id FROM shots)"
-        ).fetchone()
-        if empty is not None:
-            raise StoreError(f"{where}: class {empty[0]!r} has no support images; it is damaged")
-    except sqlite3.Error as error:
-        raise StoreError(f"{where} cannot be read: {error}") from None
-    finally:
-        conn.close()
-    return fingerprint, classes

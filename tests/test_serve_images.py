@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -288,41 +290,55 @@ def test_decoded_bytes_count_the_mode_and_are_limited_before_decoding():
         load_image(encode(Image.new("RGB", (100, 100))), max_decoded_bytes=20_000)
 
 
-def peak_rss_mb(script: str) -> float:
-    """Peak resident memory (MB) that `script` adds in a fresh interpreter, beyond its imports."""
+def peak_rss_mb(script: str, *args: object) -> float:
+    """Peak resident memory (MB) that `script` adds in a fresh interpreter beyond its imports (or beyond
+    the peak when it resets `base`); `args` become its sys.argv[1:]."""
+    # VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's (pytest's) peak.
     prologue = """
-        import io, resource, sys
+        import sys
         import numpy as np
         from PIL import Image
         from distilshot.serve.images import load_image, thumbnail_png, to_model_pixels
         from distilshot.serve.manifest import Preprocessing
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        def hwm():
+            status = open("/proc/self/status").read()
+            return int(status.split("VmHWM:")[1].split()[0])  # kB
+        base = hwm()
     """
-    epilogue = "\nprint((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)\n"
+    epilogue = "\nprint((hwm() - base) / 1024)\n"
     code = textwrap.dedent(prologue) + textwrap.dedent(script) + epilogue
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    # A fixed mmap threshold makes glibc return freed image memory at once, so the peak measures what the
+    # code holds rather than what per-thread malloc arenas happened to keep.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+    result = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=120, env=env
+    )
     assert result.returncode == 0, result.stderr
     return float(result.stdout.split()[-1])
 
 
-def test_a_small_float_tiff_of_6000x6600_is_refused_before_it_is_decoded():
-    # 254 KB on disk, 158 MB decoded (and over 1 GB while converted, before the decoded-bytes limit)
-    added = peak_rss_mb("""
+def float_tiff_file(path: Path, size: tuple[int, int]) -> Path:
+    """A deflate-compressed float TIFF of one grey: a few hundred KB on disk, 4 bytes per pixel decoded."""
+    Image.new("F", size, 7.0).save(path, "TIFF", compression="tiff_adobe_deflate")
+    return path
+
+
+def test_a_small_float_tiff_of_6000x6600_is_refused_before_it_is_decoded(tmp_path):
+    # 254 KB on disk, 158 MB decoded and over 1 GB while converted before the decoded-bytes limit
+    path = float_tiff_file(tmp_path / "float.tif", (6000, 6600))
+    assert path.stat().st_size < 300_000
+    added = peak_rss_mb(
+        """
         from distilshot.errors import ImageError
-        data = open(sys.argv[1], "rb").read() if len(sys.argv) > 1 else None
-        buffer = io.BytesIO()
-        Image.frombuffer("F", (6000, 1), bytes(24000)).resize((6000, 6600)).save(
-            buffer, "TIFF", compression="tiff_adobe_deflate"
-        )
-        del data
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # what building the file took
         try:
-            load_image(buffer.getvalue(), name="float.tif")
+            load_image(sys.argv[1])
             sys.exit("accepted")
         except ImageError as error:
-            assert "decodes to 158400000 bytes" in str(error), error
-    """)
-    assert added < 40, added
+            assert "6000x6600 in colour mode 'F' decodes to 158400000 bytes" in str(error), error
+        """,
+        path,
+    )
+    assert added < 10, added
 
 
 @pytest.mark.parametrize("mode", ["F", "I;16", "RGBA"])
@@ -332,7 +348,7 @@ def test_converting_wide_and_transparent_modes_holds_little_more_than_the_image(
     width, height = 4000, 3000
     added = peak_rss_mb(f"""
         image = Image.new({mode!r}, ({width}, {height}), 200 if {mode!r} != "RGBA" else (1, 2, 3, 100))
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        base = hwm()
         for channels in (1, 3):
             to_model_pixels(image, Preprocessing(84, 84, channels, (0.5,) * channels, (0.25,) * channels))
         thumbnail_png(image)
@@ -422,17 +438,14 @@ def test_the_budget_makes_decodes_wait_first_come_first_served():
         DecodeBudget(0)
 
 
-def test_concurrent_decodes_do_not_add_up_beyond_the_budget():
+def test_concurrent_decodes_do_not_add_up_beyond_the_budget(tmp_path):
     """Four threads decoding a 48 MB float image: with the budget for one decode, the peak stays within
     that one decode's cost, not four decodes'."""
     script = """
         import threading
         from distilshot.serve.images import decode_cost, decoded, set_decode_memory
-        buffer = io.BytesIO()
-        Image.new("F", (4000, 3000), 7.0).save(buffer, "TIFF", compression="tiff_adobe_deflate")
-        data = buffer.getvalue()
+        data = open(sys.argv[2], "rb").read()
         set_decode_memory(decode_cost("F", (4000, 3000)) if sys.argv[1] == "one" else 10**12)
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         prep = Preprocessing(84, 84, 3, (0.5,) * 3, (0.25,) * 3)
         start, decoded_all = threading.Barrier(4), threading.Barrier(4)
         def work():
@@ -445,10 +458,8 @@ def test_concurrent_decodes_do_not_add_up_beyond_the_budget():
         for t in threads: t.start()
         for t in threads: t.join()
     """
-    peaks = {}
-    for budget in ("one", "unlimited"):
-        code = f"import sys; sys.argv = ['x', {budget!r}]\n" + textwrap.dedent(script)
-        peaks[budget] = peak_rss_mb(code)
+    path = float_tiff_file(tmp_path / "float.tif", (4000, 3000))
+    peaks = {budget: peak_rss_mb(script, budget, path) for budget in ("one", "unlimited")}
     assert peaks["one"] < decode_cost("F", (4000, 3000)) / 2**20 + 20, peaks  # what the budget allows
     assert peaks["unlimited"] > 4 * 4 * 4000 * 3000 / 2**20, peaks  # without it, four images add up
 

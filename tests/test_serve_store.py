@@ -203,3 +203,71 @@ def test_in_memory_store_and_two_outputs():
         assert np.array_equal(means["local"], [[1, 0, 1]]) and np.array_equal(means["global"], [[2, 1]])
     with pytest.raises(StoreError, match="no support store"):
         SupportStore(None)
+
+
+# -- class names: one Unicode form, nothing invisible -------------------------------------------------
+
+CAFE_NFC, CAFE_NFD = "caf\u00e9", "cafe\u0301"
+
+
+def test_names_differing_only_by_normalisation_are_one_class(path):
+    with SupportStore(path, FP) as store:
+        assert store.register(CAFE_NFD, [shot(1, 1)]).name == CAFE_NFC  # stored composed
+        with pytest.raises(StoreError, match="already registered"):
+            store.register(CAFE_NFC, [shot(2, 2)])
+        with pytest.raises(StoreError, match="same name once Unicode-normalised"):
+            store.register_many({"\u00c5ngstr\u00f6m": [shot(1, 1)], "A\u030angstro\u0308m": [shot(1, 1)]})
+        assert store.add_shots(CAFE_NFC, [shot(3, 3)]).name == CAFE_NFC  # either spelling finds it
+        assert [s.source for s in store.shots(CAFE_NFD)] == ["x.png", "x.png"]
+        assert store.remove_shot(CAFE_NFD, store.shots(CAFE_NFC)[0].id).name == CAFE_NFC
+        store.remove(CAFE_NFD)
+        assert [c.name for c in store.classes()] == ["cat", "dog"]
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        ("evil\u202etxt.png", "202E"),  # right-to-left override
+        ("ca\u200bt", "200B"),  # zero-width space: would look like "cat"
+        ("\ufeffcat", "FEFF"),  # byte order mark
+        ("dog\u2028", "2028"),  # line separator
+        ("priv\ue000", "E000"),  # private use
+        ("un\u0378assigned", "0378"),  # unassigned
+        ("half\ud800", "D800"),  # lone surrogate
+    ],
+)
+def test_invisible_and_direction_characters_are_refused(path, name, code):
+    refused(path, lambda s: s.register(name, [shot(1, 1)]), f"invisible or direction-changing.*U\\+{code}")
+
+
+def test_a_name_stored_before_normalisation_is_still_found(path):
+    with sqlite3.connect(path) as conn:  # as an older distilshot stored it
+        conn.execute("UPDATE classes SET name = ? WHERE name = 'dog'", (CAFE_NFD,))
+    conn.close()
+    with SupportStore(path, FP) as store:
+        assert [s.source for s in store.shots(CAFE_NFD)] == ["x.png"]
+        store.remove(CAFE_NFD)
+        assert [c.name for c in store.classes()] == ["cat"]
+
+
+# -- the bundle's layout and field lengths --------------------------------------------------------------
+
+
+def test_with_the_bundle_layout_an_empty_store_refuses_other_embeddings(tmp_path):
+    with SupportStore(tmp_path / "s.db", FP, layout={"global": 2, "local": 1}) as store:
+        with pytest.raises(StoreError, match=r"embeddings \{'global': 3\}; this bundle makes"):
+            store.register("a", [shot(1, 1, 1)])
+        with pytest.raises(StoreError, match="this bundle makes"):
+            store.register("a", [shot(1, 1)])  # "local" missing
+        assert store.register("a", [shot(1, 1, local=[2])]).shots == 1
+
+
+def test_a_store_of_other_dims_than_the_bundle_is_refused_when_opened(path):
+    with pytest.raises(StoreError, match=r"holds embeddings \{'global': 2\}, but this bundle makes"):
+        SupportStore(path, FP, layout={"global": 3})
+
+
+def test_sources_are_bounded(path):
+    refused(path, lambda s: s.register("bird", [shot(1, 1, source="s" * 256)]), "the limit is 255")
+    with SupportStore(path, FP) as store:
+        assert store.register("bird", [shot(1, 1, source="s" * 255)]).shots == 1
