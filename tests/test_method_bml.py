@@ -1,6 +1,7 @@
-"""BML: every loss term against values worked out by hand, the elastic margin's schedule, the two-view
-architecture on both backbones, a training step on real CIFAR-FS, export parity of the fused two-output
-head, the paper's learning-rate schedule, and a tiny `distilshot train --method bml` run."""
+"""BML: every loss term against values worked out by hand, the total loss against the authors' code, the
+elastic margin's schedule, the two-view architecture on both backbones, a training step on real CIFAR-FS,
+export parity of the fused two-output head, the paper's learning-rate schedule, and a tiny
+`distilshot train --method bml` run."""
 
 import json
 import math
@@ -63,7 +64,7 @@ def test_local_loss_with_elastic_margin_by_hand() -> None:
     d = local_distances(support, query, n_way=2, k_shot=1)
     assert torch.equal(d, torch.tensor([[[1.0, 1.0], [1.0, 9.0]], [[4.0, 9.0], [0.0, 1.0]]]))
     # halfway through training: d_EL = 5.5 * 0.5 * sigmoid(0.1 * (d_pos - d_nearest_negative))
-    margin = elastic_margin(d, labels, progress=0.5)
+    margin = elastic_margin(d, labels, factor=0.5)
     m = 2.75 * torch.tensor([[sigmoid(0.0), sigmoid(-0.8)], [sigmoid(-0.4), sigmoid(-0.8)]])
     assert torch.allclose(margin, m)
     # CE of two classes = log(1 + exp(logit_other - logit_true)), logit = -(distance + margin if positive)
@@ -81,7 +82,7 @@ def test_authors_code_options_skip_confident_positions_and_pool_prototypes() -> 
     labels = torch.tensor([0, 1])
     d = local_distances(support, query, n_way=2, k_shot=1)
     # only query a's first position is undecided (0.5 / 0.5); everywhere else p(positive) > 0.5
-    margin = elastic_margin(d, labels, progress=0.5, skip_confident=True)
+    margin = elastic_margin(d, labels, factor=0.5, skip_confident=True)
     assert torch.allclose(margin, torch.tensor([[1.375, 0.0], [0.0, 0.0]]))
     # pooled prototypes a = 0, b = 3: query a -> (1, 1) vs (4, 4); query b -> (4, 9) vs (1, 0)
     pooled = local_distances(support, query, n_way=2, k_shot=1, prototypes="pooled")
@@ -112,11 +113,11 @@ def identity_bml(**params) -> BML:
     return method
 
 
-def test_total_loss_weights_the_three_terms_and_the_margin_follows_progress() -> None:
+def test_paper_text_loss_by_hand_and_the_margin_follows_the_epoch() -> None:
     # supports a = (0, 0), b = (2, 0); queries (0.5, 0) of a and (2, 1) of b; dataset labels 0, 1
     points = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.5, 0.0], [2.0, 1.0]]).view(4, 2, 1, 1)
     batch = Batch(points, torch.tensor([0, 1, 0, 1]), n_way=2, k_shot=1, n_query=1)
-    method = identity_bml()
+    method = identity_bml(variant="paper-text")
     # global: class scores (x1, x2, 0)
     global_term = (
         math.log(3.0)
@@ -126,22 +127,78 @@ def test_total_loss_weights_the_three_terms_and_the_margin_follows_progress() ->
         + math.log(math.exp(2.0) + math.exp(1.0) + 1.0)
         - 1.0
     ) / 4
-    # local: squared distances (0.25, 2.25) and (5, 1)
-    method.set_progress(0, 10)  # first epoch: no elastic margin
-    out = method.loss(batch)
-    local_plain = (math.log1p(math.exp(-2.0)) + math.log1p(math.exp(-4.0))) / 2
-    assert out.metrics["global"] == pytest.approx(global_term, rel=1e-6)
-    assert out.metrics["local"] == pytest.approx(local_plain, rel=1e-6)
-    assert out.metrics["mutual"] == 0.0  # identical views
-    assert out.loss.item() == pytest.approx(4 * global_term + 2 * local_plain, rel=1e-6)
-    assert out.metrics["acc"] == 1.0
+    # local: squared distances (0.25, 2.25) and (5, 1); d_EL = 5.5 e/E sigmoid(0.1 (d_pos - d_neg)), with
+    # epochs counted from 1: the trainer's epoch index 4 of 10 is e/E = 0.5, index 9 is 1
+    for index, factor in ((4, 0.5), (9, 1.0)):
+        method.set_progress(index, 10)
+        m_a, m_b = 5.5 * factor * sigmoid(0.1 * (0.25 - 2.25)), 5.5 * factor * sigmoid(0.1 * (1.0 - 5.0))
+        local = (math.log1p(math.exp(m_a - 2.0)) + math.log1p(math.exp(m_b - 4.0))) / 2
+        out = method.loss(batch)
+        assert out.metrics["global"] == pytest.approx(global_term, rel=1e-6)
+        assert out.metrics["local"] == pytest.approx(local, rel=1e-6)
+        assert out.metrics["mutual"] == 0.0  # identical views: the weights of Eq. 9 are pinned below
+        assert out.loss.item() == pytest.approx(4 * global_term + 2 * local, rel=1e-6)
+        assert out.metrics["acc"] == 1.0
+    method.set_progress(0, 10)
+    assert method.elastic_factor == pytest.approx(0.1)  # the first epoch already pushes
 
-    method.set_progress(5, 10)  # halfway: d_EL = 2.75 * sigmoid(0.1 * (d_pos - d_neg))
-    m_a, m_b = 2.75 * sigmoid(0.1 * (0.25 - 2.25)), 2.75 * sigmoid(0.1 * (1.0 - 5.0))
-    local_elastic = (math.log1p(math.exp(m_a - 2.0)) + math.log1p(math.exp(m_b - 4.0))) / 2
-    out = method.loss(batch)
-    assert out.metrics["local"] == pytest.approx(local_elastic, rel=1e-6)
-    assert out.loss.item() == pytest.approx(4 * global_term + 2 * local_elastic, rel=1e-6)
+
+def authors_episode_bml(**params) -> tuple[BML, Batch]:
+    """The fixture of the authors'-code test: trunk = identity, global view = the identity 1x1 convolution,
+    local view another one, a 4-class 1x1 classifier with bias; a 3-way 2-shot 1-query episode of 2-channel
+    1x2 maps (class-major), dataset labels 2, 0, 3 for the three ways."""
+    conv = nn.Conv2d(2, 2, kernel_size=1, bias=False)
+    backbone = Backbone([nn.Identity(), conv], pooling="flatten", in_channels=2, image_size=1)
+    method = BML(backbone, num_classes=4, **params)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]).view(2, 2, 1, 1))
+        method.local_stage.weight.copy_(torch.tensor([[0.5, 1.0], [-1.0, 0.5]]).view(2, 2, 1, 1))
+        classifier = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.5], [0.5, -1.0]])
+        method.classifier.weight.copy_(classifier.view(4, 2, 1, 1))
+        method.classifier.bias.copy_(torch.tensor([0.0, 0.1, -0.1, 0.2]))
+    maps = [
+        [[0.2, 1.0], [0.5, -0.3]], [[0.6, 0.4], [0.1, 0.3]],  # supports of way 0
+        [[-0.4, 0.8], [1.2, 0.9]], [[0.3, -0.5], [0.7, 1.1]],  # way 1
+        [[1.1, 0.2], [-0.6, 0.4]], [[0.9, 0.7], [-0.2, -0.8]],  # way 2
+        [[0.5, 0.3], [0.2, 0.6]], [[0.1, 0.5], [0.9, 0.2]], [[0.8, 0.6], [0.0, -0.4]],  # queries of ways 0-2
+    ]  # fmt: skip
+    labels = torch.tensor([2, 2, 0, 0, 3, 3, 2, 0, 3])
+    return method, Batch(torch.tensor(maps).view(9, 2, 1, 2), labels, n_way=3, k_shot=2, n_query=1)
+
+
+AUTHORS_TERMS = {  # global, local, mutual of the code at epochs 1, 5 and 10 of 10
+    1: (1.5763714402205502, 0.971333898456158, 0.18665174986204863),
+    5: (1.5763714402205502, 1.547342580411297, 0.18665174986204863),
+    10: (1.5763714402205502, 2.3970268679845934, 0.18665174986204863),
+}
+
+
+@pytest.mark.parametrize(
+    ("params", "epoch", "expected"),
+    [
+        ({}, 1, 4.217402653828283),
+        ({}, 5, 4.793411335783422),
+        ({}, 10, 5.643095623356719),
+        ({"variant": "paper-text", "prototypes": "pooled", "skip_confident": True}, 5, 9.586822671566845),
+    ],
+)
+def test_total_loss_matches_the_authors_code(params: dict, epoch: int, expected: float) -> None:
+    """Expected values: `train_bml_on_epoch` of ZZQzzq/BML@0a56f014c0309d3789be404d9263f17d3354c1c7,
+    main_multi_gpu.py, with BMLBuilder's forward (model/BML.py, model/base.py) and DistillKL(T=4)
+    (utils/util.py), on this episode in float64 at `epoch` of 10, --weights 2_1_0.5 (its default) and, for
+    the paper-text row, 4_2_1. Two of the six query positions are confident (no margin) and the views
+    differ, so the mutual term and its weight count."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        method, batch = authors_episode_bml(**params)
+        method.set_progress(epoch - 1, 10)  # the trainer counts epochs from 0
+        out = method.loss(batch)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert (out.metrics["global"], out.metrics["local"], out.metrics["mutual"]) == pytest.approx(
+        AUTHORS_TERMS[epoch], rel=1e-6
+    )
+    assert out.loss.item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_embeddings_are_relu_sqrt_of_both_views_and_the_head_sums_them() -> None:
@@ -160,6 +217,8 @@ def test_embeddings_are_relu_sqrt_of_both_views_and_the_head_sums_them() -> None
 def test_bad_parameters_are_refused() -> None:
     with pytest.raises(ConfigError, match="prototypes"):
         identity_bml(prototypes="centroid")
+    with pytest.raises(ConfigError, match="variant"):
+        identity_bml(variant="paper")
     single = Backbone([nn.Identity()], pooling="flatten", in_channels=1, image_size=1)
     with pytest.raises(ConfigError, match="two stages"):
         BML(single, num_classes=2)
@@ -198,7 +257,7 @@ def test_training_steps_reduce_the_loss_on_a_real_episode(cifar_train) -> None:
     batch = BatchMaker(cifar_train, spec, "none", torch.device("cpu"))(
         episode, torch.Generator().manual_seed(0)
     )
-    optimizer, _ = build_optimizer(model, cfg, steps_total=100)  # the preset's SGD, lr 0.1
+    optimizer, _ = build_optimizer(model, cfg, steps_total=100)  # the preset's SGD
     losses = []
     for _ in range(5):
         out = model.loss(batch)

@@ -1,5 +1,6 @@
-"""SKD: each loss against a value worked out by hand, the teacher checks, generation 1's loss falling on a
-real mini-batch, export parity of the exported generation, and the two-generation recipe from the CLI."""
+"""SKD: each loss against a value worked out by hand, generation 1's loss against the authors' code, the
+teacher checks, generation 1's loss falling on a real mini-batch, export parity of the exported generation,
+and the two-generation recipe from the CLI."""
 
 import json
 import math
@@ -76,8 +77,9 @@ def test_generation_zero_loss_by_hand() -> None:
     assert out.metrics["ce"] == pytest.approx(np.mean(ce), rel=1e-6)
 
 
-def test_generation_one_loss_by_hand() -> None:
-    student = SKDGen1(identity_backbone(1, 2), num_classes=2, beta=0.5, temperature=2.0)
+@pytest.mark.parametrize(("variant", "weight"), [("code", 0.5 / 3), ("paper-text", 0.5)])
+def test_generation_one_loss_by_hand(variant: str, weight: float) -> None:
+    student = SKDGen1(identity_backbone(1, 2), num_classes=2, beta=0.5, temperature=2.0, variant=variant)
     pick_first_pixels(student, [[1.0, 0, 0, 0], [0, 1.0, 0, 0]])  # logits = the top row
     teacher = SKDGen0(identity_backbone(1, 2), num_classes=2)
     pick_first_pixels(teacher, [[0, 0, 1.0, 0], [0, 0, 0, 1.0]])  # logits = the bottom row
@@ -89,8 +91,41 @@ def test_generation_one_loss_by_hand() -> None:
     p_s, p_t = np.exp(s) / np.exp(s).sum(), np.exp(t) / np.exp(t).sum()
     kl = 4 * np.sum(p_t * np.log(p_t / p_s))
     twin = math.hypot(5.0 - 1.0, 3.0 - 2.0)
-    assert out.loss.item() == pytest.approx(kl + 0.5 * twin, rel=1e-6)
+    assert out.loss.item() == pytest.approx(kl + weight * twin, rel=1e-6)
     assert (out.metrics["kd"], out.metrics["twin"]) == pytest.approx((kl, twin), rel=1e-5)
+
+
+@pytest.mark.parametrize(("beta", "expected"), [(0.1, 1.6354132831449064), (0.2, 1.7602452991196997)])
+def test_generation_one_matches_the_authors_code(beta: float, expected: float) -> None:
+    """Expected values: `train()` of brjathu/SKD@0a28dc54b1ed648a82270cbdc22cd15887cdd3e2,
+    train_distillation.py (its loss `loss_div + gamma * loss_a / 3`, DistillKL of distill/criterion.py),
+    run with --gamma beta on this batch in float64: a student of BatchNorm2d(1) in training mode, flatten
+    and a linear classifier, an identity-and-linear teacher. The BatchNorm makes the value depend on the
+    forward pass holding the images and all three rotations (4B images)."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        backbone = Backbone([nn.BatchNorm2d(1)], pooling="flatten", in_channels=1, image_size=2)
+        student = SKDGen1(backbone, num_classes=5, beta=beta, temperature=2.0)
+        teacher = Pretrain(identity_backbone(1, 2), num_classes=5)
+        weight = [[1.0, 0.0, 0.5, 0.0], [0.0, 1.0, 0.0, -0.5], [0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]]
+        pick_first_pixels(student, [*weight, [-1.0, 0.0, 0.0, 0.5]])
+        weight = [[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.5, 0.0, 0.0, 1.0]]
+        pick_first_pixels(teacher, [*weight, [0.0, 0.0, -1.0, 0.0]])
+        student.set_teacher(teacher)
+        images = torch.tensor([[[[1.0, 2.0], [3.0, 5.0]]], [[[-1.0, 0.5], [2.0, 0.0]]]])
+        out = student.train().loss(Batch(images, torch.tensor([1, 3])))
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert out.loss.item() == pytest.approx(expected, rel=1e-9)
+    # the code's loss_div and loss_a (its twin distance)
+    assert (out.metrics["kd"], out.metrics["twin"]) == pytest.approx(
+        (1.5105812671701129, 3.7449604792438036), rel=1e-9
+    )
+
+
+def test_generation_one_variant_is_checked() -> None:
+    with pytest.raises(ConfigError, match="variant"):
+        SKDGen1(identity_backbone(1, 2), num_classes=2, variant="paper")
 
 
 def test_generation_one_needs_class_logits_over_its_classes() -> None:

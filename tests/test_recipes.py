@@ -7,8 +7,10 @@ import torch
 
 from distilshot.errors import ConfigError
 from distilshot.train import pipeline
+from distilshot.train.backbones import build_backbone
 from distilshot.train.checkpoint import ModelSpec
-from distilshot.train.methods import METHODS
+from distilshot.train.methods import METHODS, build_method
+from distilshot.train.methods.base import Method
 from distilshot.train.recipes import RECIPES, Stage, TrainRequest
 
 TWO_STAGES = (Stage("first", "pretrain"), Stage("second", "protonet", teacher="first", init="first"))
@@ -106,3 +108,28 @@ def test_a_given_teacher_replaces_the_teaching_stage(tmp_path: Path, monkeypatch
     )
     assert [s.name for s in outcome.stages] == ["second"]
     assert not (tmp_path / "run" / "first").exists()
+
+
+@pytest.mark.parametrize("preset", ["paper", "quick"])
+def test_presets_train_with_the_authors_code_losses_and_set_switches_to_the_paper_text(preset: str) -> None:
+    """IMPLEMENTATION-NOTES, "Checked against the authors' code": SKD generation 1's twin weight gamma / 3
+    (gamma 0.2 on FC100), BML's 2 : 1 : 0.5 with pooled prototypes and confident queries left alone,
+    REFILLED step 1 at tau 4 with the code's x1000 mean; `--set variant=paper-text` gives the papers'."""
+    backbone = build_backbone("convnet4", 3, 32)
+
+    def built(method: str, stage: str, **params) -> Method:
+        request = TrainRequest(method, dataset="fc100", preset=preset, params=params)
+        cfg = request.stage_config(next(s for s in request.stages if s.name == stage))
+        return build_method(cfg.method, backbone, 60, cfg.method_params)
+
+    gen1, embed, bml = built("skd", "gen1"), built("refilled", "embed"), built("bml", "bml")
+    assert (gen1.variant, gen1.beta, gen1.twin_weight) == ("code", 0.2, pytest.approx(0.2 / 3))
+    assert (bml.weights, bml.prototypes, bml.skip_confident) == ((2.0, 1.0, 0.5), "pooled", True)
+    assert (embed.variant, embed.tau, embed.scale) == ("code", 4.0, 1000.0)
+    assert built("refilled", "classify").tau == 2.0  # step 2 keeps the supplement's
+
+    gen1 = built("skd", "gen1", variant="paper-text")
+    embed, bml = built("refilled", "embed", variant="paper-text"), built("bml", "bml", variant="paper-text")
+    assert (gen1.beta, gen1.twin_weight) == (0.2, 0.2)
+    assert (bml.weights, bml.prototypes, bml.skip_confident) == ((4.0, 2.0, 1.0), "position", False)
+    assert (embed.tau, embed.scale) == (2.0, 1.0)

@@ -5,23 +5,25 @@ backbone's last stage, trained together on one episode per step.
 - Local view: every query position is matched to support prototypes by squared Euclidean distance, with the
   elastic margin of Algorithm 1 on the positive distance (Eq. 3-6).
 - Mutual loss: symmetric KL between the two views' spatially pooled features, softmax over channels
-  (Eq. 7-8). Total = alpha * global + beta * local + gamma * mutual, 4 : 2 : 1 (Eq. 9).
+  (Eq. 7-8). Total = alpha * global + beta * local + gamma * mutual (Eq. 9).
 - Test time (section 3.2.4, with the ReLU and square root of the authors' evaluation): each view's map goes
   through ReLU and a square root and is flattened; the two views' negative squared Euclidean distances to
   shot-mean prototypes are summed. That is the serving head: both embeddings are exported, weighted 1 : 1.
 
-Where the paper and the authors' code differ, the paper is the default and the code an option:
-- Prototypes. Algorithm 1 takes position-wise prototypes C_i^(p,q): the shot mean of the support maps, each
-  query position compared with the prototype at the same position (the position-wise form of the flattened
-  test-time distance). The code averages support maps over shots and positions and compares every query
-  position with that vector: `prototypes="pooled"`.
-- Skipped queries. The paper pushes all queries (Fig. 2); the code leaves the margin out where the positive
-  or the hardest negative already has probability above 0.5: `skip_confident=True` (per query position,
-  the unit the margin is computed at).
-Details the paper leaves open follow the code: the margin is computed from detached distances and enters the
-softmax as an additive margin on the positive distance (Eq. 5 prints it in the numerator only, where a
-constant margin would not change the gradient); the KL is taken at temperature T with the usual T^2 factor
-(T = 4 in the code; T = 1 is Eq. 8 as printed); the global classifier starts Xavier-uniform.
+Two variants (IMPLEMENTATION-NOTES, "BML" and "Checked against the authors' code"):
+- "code" (default, every preset): what produced the published numbers. Weights 2 : 1 : 0.5 (the code's
+  "2_1_0.5"; the paper's 4 : 2 : 1 doubles every gradient, i.e. twice the learning rate under SGD). Support
+  maps averaged over shots and positions into one prototype per class, which every query position is
+  compared with. No margin where the positive or the hardest negative already has probability above 0.5.
+- "paper-text": Eq. 9's 4 : 2 : 1; Algorithm 1's position-wise prototypes C_i^(p,q) (the shot mean, each
+  query position compared with the prototype at the same position); every query pushed (Fig. 2).
+`global_weight`, `local_weight`, `mutual_weight`, `prototypes` and `skip_confident` override one choice of
+the variant each. Both count the elastic factor e/E with epochs from 1 to E, as Algorithm 1's "current
+epoch e" of E and the code do. Details the paper leaves open follow the code: the margin is computed from
+detached distances and enters the softmax as an additive margin on the positive distance (Eq. 5 prints it
+in the numerator only, where a constant margin would not change the gradient); the KL is taken at
+temperature T with the usual T^2 factor (T = 4 in the code; T = 1 is Eq. 8 as printed); the global
+classifier starts Xavier-uniform.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ from distilshot.train.backbones import Backbone
 from distilshot.train.methods.base import Batch, LossOutput, Method, accuracy
 
 PROTOTYPES = ("position", "pooled")
+VARIANTS: dict[str, dict[str, Any]] = {
+    "code": {"weights": (2.0, 1.0, 0.5), "prototypes": "pooled", "skip_confident": True},
+    "paper-text": {"weights": (4.0, 2.0, 1.0), "prototypes": "position", "skip_confident": False},
+}
 
 
 def dense_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -63,19 +69,20 @@ def local_distances(
 def elastic_margin(
     distances: torch.Tensor,
     labels: torch.Tensor,
-    progress: float,
+    factor: float,
     alpha1: float = 5.5,
     alpha2: float = 0.1,
     skip_confident: bool = False,
 ) -> torch.Tensor:
     """Algorithm 1: d_EL = alpha1 * e/E * sigmoid(alpha2 * (d_pos - d_hardest_negative)) per query position
-    [Q, P], from detached distances [Q, N, P]: it moves the query, and the network has to pull it back."""
+    [Q, P], from detached distances [Q, N, P] and factor = e/E: it moves the query, and the network has to
+    pull it back."""
     d = distances.detach()
     positive = F.one_hot(labels, d.shape[1]).bool()[:, :, None].expand_as(d)
     index = labels[:, None, None].expand(-1, 1, d.shape[2])
     d_pos = d.gather(1, index).squeeze(1)
     d_neg = d.masked_fill(positive, float("inf")).amin(1)
-    margin = alpha1 * progress * torch.sigmoid(alpha2 * (d_pos - d_neg))
+    margin = alpha1 * factor * torch.sigmoid(alpha2 * (d_pos - d_neg))
     if skip_confident:
         p = torch.softmax(-d, dim=1)
         p_pos = p.gather(1, index).squeeze(1)
@@ -127,23 +134,32 @@ class BML(Method):
         self,
         backbone: Backbone,
         num_classes: int,
-        global_weight: float = 4.0,
-        local_weight: float = 2.0,
-        mutual_weight: float = 1.0,
+        global_weight: float | None = None,
+        local_weight: float | None = None,
+        mutual_weight: float | None = None,
         alpha1: float = 5.5,
         alpha2: float = 0.1,
         temperature: float = 4.0,
-        prototypes: str = "position",
-        skip_confident: bool = False,
+        prototypes: str | None = None,
+        skip_confident: bool | None = None,
+        variant: str = "code",
     ) -> None:
+        """None: the variant's value (module docstring)."""
         super().__init__(backbone, num_classes)
+        if variant not in VARIANTS:
+            raise ConfigError(f"bml variant must be one of {tuple(VARIANTS)}, not {variant!r}")
+        chosen = VARIANTS[variant]
+        given = (global_weight, local_weight, mutual_weight)
+        prototypes = chosen["prototypes"] if prototypes is None else prototypes
+        skip_confident = chosen["skip_confident"] if skip_confident is None else skip_confident
         if prototypes not in PROTOTYPES:
             raise ConfigError(f"bml prototypes must be one of {PROTOTYPES}, not {prototypes!r}")
         if len(backbone.stages) < 2:
             raise ConfigError("bml splits the backbone's last stage off a shared trunk; it needs two stages")
         if temperature <= 0:
             raise ConfigError(f"bml temperature must be positive, not {temperature}")
-        self.weights = (global_weight, local_weight, mutual_weight)
+        self.weights = tuple(d if w is None else w for w, d in zip(given, chosen["weights"], strict=True))
+        self.variant = variant
         self.alpha1, self.alpha2 = alpha1, alpha2
         self.temperature = temperature
         self.prototypes = prototypes
@@ -152,6 +168,11 @@ class BML(Method):
         self.local_stage = fresh_copy(backbone.stages[-1])
         self.classifier = nn.Conv2d(backbone.map_shape[0], num_classes, kernel_size=1)
         nn.init.xavier_uniform_(self.classifier.weight)
+        self.elastic_factor = 0.0
+
+    def set_progress(self, epoch: int, epochs: int) -> None:
+        super().set_progress(epoch, epochs)
+        self.elastic_factor = (epoch + 1) / max(epochs, 1)  # Algorithm 1's e/E, e = 1..E
 
     def views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The global and the local view's feature maps."""
@@ -167,7 +188,7 @@ class BML(Method):
             local_map[:s].float(), local_map[s:].float(), batch.n_way, batch.k_shot, self.prototypes
         )
         margin = elastic_margin(
-            distances, query_labels, self.progress, self.alpha1, self.alpha2, self.skip_confident
+            distances, query_labels, self.elastic_factor, self.alpha1, self.alpha2, self.skip_confident
         )
         local_term = local_loss(distances, query_labels, margin)
         mutual_term = symmetric_kl(

@@ -5,6 +5,16 @@ embedding; step 2 ("refilled-classify") trains the student's classifier with cro
 knowledge-distillation term against the teacher's nearest-class-mean confidences over the classes of
 the batch. The teacher needs only an embedding, so it may come from any method, backbone or class set.
 Both steps sample class-balanced batches so that every anchor has same-class neighbours.
+
+Step 1 has two variants (IMPLEMENTATION-NOTES, "Checked against the authors' code"):
+- "code" (default, every preset): the authors' Train.py. Plain (not squared) Euclidean distances of the
+  L2-normalised embeddings; the temperature (4) divides both the teacher's and the student's margins; the
+  triplets are every (anchor, same-label neighbour, impostor) with 0 < d_ik - d_ij <= 0.2 on the student's
+  embedding (pytorch-metric-learning's semi-hard TripletMarginMiner, margin 0.2); the loss is 1000 times
+  the mean KL over the 2T entries (p_ijk and 1 - p_ijk of T triplets), as KLDivLoss(reduction="batchmean").
+- "paper-text": the supplement (section 1.1, Eq. 2-3). Squared distances, the temperature (2) on the
+  teacher's side only, for each anchor and neighbour the nearest impostor farther than the neighbour, and
+  the KL summed over triplets. No constant turns this sum into the code's mean: T varies from batch to batch.
 """
 
 from __future__ import annotations
@@ -16,18 +26,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distilshot.errors import ConfigError
 from distilshot.train.backbones import Backbone
 from distilshot.train.methods.base import Batch, LossOutput, Method, accuracy, squared_euclidean
 
 
 def teacher_embedding(teacher: Method, x: torch.Tensor) -> torch.Tensor:
-    """All of the teacher's embedding outputs, concatenated (BML's two views become one vector)."""
+    """All of the teacher's embedding outputs in the images' dtype, concatenated (BML's two views become
+    one vector)."""
     with torch.no_grad():
         outputs = teacher.embed(x)
-        return torch.cat([outputs[k].float() for k in sorted(outputs)], dim=1)
+        return torch.cat([outputs[k].to(x.dtype) for k in sorted(outputs)], dim=1)
 
 
-def semi_hard_triplets(distances: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+VARIANTS = ("code", "paper-text")  # step 1: the authors' code, or the supplement's text (module docstring)
+TAU = {"code": 4.0, "paper-text": 2.0}
+SCALE = {"code": 1000.0, "paper-text": 1.0}
+
+
+def nearest_impostor_triplets(distances: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Supplement 1.1: every anchor i, every target neighbour j (same label), and as impostor k the
     nearest different-label instance farther from i than j. Returns [T, 3] index triplets."""
     same = labels[:, None] == labels[None, :]
@@ -40,19 +57,39 @@ def semi_hard_triplets(distances: torch.Tensor, labels: torch.Tensor) -> torch.T
     return torch.stack([i, j, k[i, j]], dim=1)
 
 
+def semi_hard_triplets(distances: torch.Tensor, labels: torch.Tensor, margin: float = 0.2) -> torch.Tensor:
+    """The authors' code's triplets (pytorch-metric-learning's semi-hard rule): every anchor i, every
+    target neighbour j != i, and every impostor k with 0 < d_ik - d_ij <= margin. Returns [T, 3] index
+    triplets, ordered by (i, j, k)."""
+    same = labels[:, None] == labels[None, :]
+    positives = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    gap = distances[:, None, :] - distances[:, :, None]  # [i, j, k] = d_ik - d_ij
+    chosen = positives[:, :, None] & ~same[:, None, :] & (gap > 0) & (gap <= margin)
+    return torch.nonzero(chosen)
+
+
+def euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise Euclidean distances between a [T, d] and b [T, d] -> [T]."""
+    return (a - b).norm(dim=1)
+
+
 def triplet_kl(
-    student: torch.Tensor, teacher: torch.Tensor, triplets: torch.Tensor, tau: float
+    student: torch.Tensor, teacher: torch.Tensor, triplets: torch.Tensor, tau: float, variant: str = "code"
 ) -> torch.Tensor:
-    """Eq. 2-3: sum over triplets of KL(Bernoulli(p_T) || Bernoulli(p_S)), p = sigmoid((d_ik - d_ij) / t),
-    with squared Euclidean distances of L2-normalised embeddings and the temperature on the teacher only."""
+    """Eq. 2-3: KL(Bernoulli(p_T) || Bernoulli(p_S)) per triplet, p = sigmoid((d_ik - d_ij) / tau), of
+    L2-normalised embeddings; reduced, and tau applied, as the variant says (module docstring)."""
     i, j, k = triplets.unbind(1)
-    d_s = squared_euclidean(student, student)
-    d_t = squared_euclidean(teacher, teacher)
-    margin_s = d_s[i, k] - d_s[i, j]
-    p_t = torch.sigmoid((d_t[i, k] - d_t[i, j]) / tau)
+    if variant == "code":
+        margin_s = (euclidean(student[i], student[k]) - euclidean(student[i], student[j])) / tau
+        margin_t = (euclidean(teacher[i], teacher[k]) - euclidean(teacher[i], teacher[j])) / tau
+    else:
+        d_s, d_t = squared_euclidean(student, student), squared_euclidean(teacher, teacher)
+        margin_s = d_s[i, k] - d_s[i, j]
+        margin_t = (d_t[i, k] - d_t[i, j]) / tau
+    p_t = torch.sigmoid(margin_t)
     log_p_s, log_q_s = F.logsigmoid(margin_s), F.logsigmoid(-margin_s)
     kl = p_t * (torch.log(p_t) - log_p_s) + (1 - p_t) * (torch.log1p(-p_t) - log_q_s)
-    return kl.sum()
+    return kl.sum() / (2 * len(kl)) if variant == "code" else kl.sum()
 
 
 def local_kd(
@@ -74,20 +111,35 @@ class RefilledEmbed(Method):
     sampling = "balanced"
     needs_teacher = True
 
-    def __init__(self, backbone: Backbone, num_classes: int, tau: float = 2.0, scale: float = 1.0) -> None:
-        """tau: teacher temperature (2 for cross-task in the supplement, 4 in the authors' code);
-        scale: loss multiplier (the authors' code uses 1000 on a mean instead of the paper's sum)."""
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_classes: int,
+        tau: float | None = None,
+        scale: float | None = None,
+        variant: str = "code",
+    ) -> None:
+        """tau: the temperature (None: 4 for the code, the supplement's cross-task 2 for the paper text);
+        scale: loss multiplier (None: the code's 1000 on its mean, 1 on the paper's sum)."""
         super().__init__(backbone, num_classes)
-        self.tau, self.scale = tau, scale
+        if variant not in VARIANTS:
+            raise ConfigError(f"refilled-embed variant must be one of {VARIANTS}, not {variant!r}")
+        self.variant = variant
+        self.tau = TAU[variant] if tau is None else tau
+        self.scale = SCALE[variant] if scale is None else scale
 
     def loss(self, batch: Batch) -> LossOutput:
         assert self.teacher is not None, "refilled-embed needs a teacher"
         student = F.normalize(self.backbone(batch.images), dim=1)
         teacher = F.normalize(teacher_embedding(self.teacher, batch.images), dim=1)
-        triplets = semi_hard_triplets(squared_euclidean(student, student).detach(), batch.labels)
-        if len(triplets) == 0:  # every impostor already closer than its neighbour: nothing to match yet
+        with torch.no_grad():
+            if self.variant == "code":
+                triplets = semi_hard_triplets(torch.cdist(student, student), batch.labels)
+            else:
+                triplets = nearest_impostor_triplets(squared_euclidean(student, student), batch.labels)
+        if len(triplets) == 0:  # no impostor in the semi-hard band: nothing to match yet
             return LossOutput(student.sum() * 0.0, {"triplets": 0.0})
-        loss = self.scale * triplet_kl(student, teacher, triplets, self.tau)
+        loss = self.scale * triplet_kl(student, teacher, triplets, self.tau, self.variant)
         return LossOutput(loss, {"triplets": float(len(triplets))})
 
     def head(self) -> dict[str, Any]:

@@ -5,6 +5,12 @@ logits. Generation 1 starts as a copy of generation 0, learns from it as a froze
 logits of each image towards those of its 180-degree rotated twin. Only the paper's results page is in
 /work/shared/papers, so the losses follow IMPLEMENTATION-NOTES.md ("SKD"), which gives them from the paper
 and the authors' code; the paper's equation numbers are not cited for that reason.
+
+Generation 1 has two variants (IMPLEMENTATION-NOTES, "Checked against the authors' code"):
+- "code" (default, every preset): what produced the published numbers. The twin term weighs beta / 3
+  (the code divides its beta by 3), and the student's forward pass holds the image and its 90/180/270-degree
+  rotations in one batch, so BatchNorm's training statistics are over 4B images.
+- "paper-text": the paper's reading, weight beta and a forward pass over the image and its 180-degree twin.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from distilshot.errors import ConfigError
 from distilshot.train.augment import rotate, with_rotations
 from distilshot.train.backbones import Backbone
 from distilshot.train.methods.base import Batch, LossOutput, Method, accuracy
+
+VARIANTS = ("code", "paper-text")  # generation 1: the authors' code, or the paper's text (module docstring)
 
 
 def rotation_bce(rotation_logits: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
@@ -89,11 +97,24 @@ class SKDGen1(_SKDMethod):
     needs_teacher = True
 
     def __init__(
-        self, backbone: Backbone, num_classes: int, beta: float = 0.1, temperature: float = 2.0
+        self,
+        backbone: Backbone,
+        num_classes: int,
+        beta: float = 0.1,
+        temperature: float = 2.0,
+        variant: str = "code",
     ) -> None:
         super().__init__(backbone, num_classes)
+        if variant not in VARIANTS:
+            raise ConfigError(f"skd-gen1 variant must be one of {VARIANTS}, not {variant!r}")
         self.beta = beta  # the paper's CIFAR-FS value; the fc100 presets set 0.2
         self.temperature = temperature
+        self.variant = variant
+
+    @property
+    def twin_weight(self) -> float:
+        """The effective weight of the twin term: beta / 3 in the authors' code, beta in the paper."""
+        return self.beta / 3 if self.variant == "code" else self.beta
 
     def check_teacher(self, teacher: Method) -> None:
         classifier = getattr(teacher, "classifier", None)
@@ -110,17 +131,21 @@ class SKDGen1(_SKDMethod):
             )
 
     def loss(self, batch: Batch) -> LossOutput:
-        """SKD generation 1: KL to the frozen generation-0 logits at T (times T^2) + beta * the mean L2
-        distance between the logits of each image and of its 180-degree rotated twin; no CE."""
+        """SKD generation 1: KL to the frozen generation-0 logits at T (times T^2) + twin_weight * the mean
+        L2 distance between the logits of each image and of its 180-degree rotated twin; no CE."""
         if self.teacher is None:
             raise ConfigError("skd-gen1 learns from a teacher; attach one with set_teacher")
         x = batch.images
-        logits, twin_logits = self.classifier(self.backbone(torch.cat([x, rotate(x, 2)]))).chunk(2)
+        if self.variant == "code":  # x and its 90/180/270-degree rotations share one forward pass
+            all_logits = self.classifier(self.backbone(with_rotations(x)[0])).chunk(4)
+            logits, twin_logits = all_logits[0], all_logits[2]
+        else:
+            logits, twin_logits = self.classifier(self.backbone(torch.cat([x, rotate(x, 2)]))).chunk(2)
         with torch.no_grad():
             teacher_logits = self.teacher.classifier(self.teacher.backbone(x))
         kd = distillation_kl(logits, teacher_logits, self.temperature)
         twin = twin_distance(logits, twin_logits)
         return LossOutput(
-            kd + self.beta * twin,
+            kd + self.twin_weight * twin,
             {"acc": accuracy(logits, batch.labels), "kd": kd.item(), "twin": twin.item()},
         )
