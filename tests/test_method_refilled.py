@@ -99,6 +99,8 @@ def authors_embed(**params) -> RefilledEmbed:
 
 
 def test_semi_hard_triplets_match_pytorch_metric_learning() -> None:
+    """Expected: the triplets that `train_stage1` of njulus/REFILLED@be649aa4f75867ce670196603f45cf17fe86a5ac,
+    Train.py, got from pytorch-metric-learning 2.9.0's miner on this batch (float64)."""
     torch.set_default_dtype(torch.float64)
     try:
         method = authors_embed()

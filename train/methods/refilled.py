@@ -58,9 +58,9 @@ def nearest_impostor_triplets(distances: torch.Tensor, labels: torch.Tensor) -> 
 
 
 def semi_hard_triplets(distances: torch.Tensor, labels: torch.Tensor, margin: float = 0.2) -> torch.Tensor:
-    """The authors' code's triplets (pytorch-metric-learning's semi-hard rule): every anchor i, every
-    target neighbour j != i, and every impostor k with 0 < d_ik - d_ij <= margin. Returns [T, 3] index
-    triplets, ordered by (i, j, k)."""
+    """Supplement 1.1's semi-hard triplets as the authors' code mines them (pytorch-metric-learning's rule):
+    every anchor i, every target neighbour j != i, and every impostor k with 0 < d_ik - d_ij <= margin.
+    Returns [T, 3] index triplets, ordered by (i, j, k)."""
     same = labels[:, None] == labels[None, :]
     positives = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
     gap = distances[:, None, :] - distances[:, :, None]  # [i, j, k] = d_ik - d_ij
