@@ -55,8 +55,10 @@ class GeneratorEnsemble:
         members: list[dict[str, list[np.ndarray]]] = [{} for _ in self.sessions]
         for label in labels:
             real = shots[label]
-            count = max(self.spec.k_max - len(real[self.spec.output]), 0)
-            generated = self.generate(real[self.spec.output], count, class_noise_seed(label, len(real)))
+            k = len(real[self.spec.output])  # the class's shot count (not its number of outputs)
+            generated = self.generate(
+                real[self.spec.output], max(self.spec.k_max - k, 0), class_noise_seed(label, k)
+            )
             for m, fake in enumerate(generated):
                 for output, vectors in real.items():
                     rows = np.concatenate([vectors, fake]) if output == self.spec.output else vectors

@@ -3,6 +3,7 @@
 
 import json
 import os
+import zlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -70,14 +71,25 @@ def test_generators_join_the_bundle_and_serve_augmented_predictions(bundle: Path
     on_disk |= {p.relative_to(bundle).as_posix() for p in bundle.glob("generators-*/*.onnx")}
     assert on_disk == set(manifest.generators.files) and set(first_files) != set(manifest.generators.files)
 
+    shots = {
+        character.replace("/", " "): drawings(character, 0, k) for k, character in enumerate(CHARACTERS, 1)
+    }
+    queries = [drawings(c, 5, 1)[0] for c in CHARACTERS]
     with FewShotClassifier(bundle) as clf:
-        for character in CHARACTERS[:3]:
-            clf.register(character.replace("/", " "), drawings(character, 0, 1))
-        queries = [drawings(c, 5, 1)[0] for c in CHARACTERS[:3]]
-        augmented = clf.classify(queries, augment=True)
-        again = clf.classify(queries, augment=True)
+        for name, support in shots.items():  # 1 to 4 shots: the noise seed and count follow each k
+            clf.register(name, support)
+        augmented = clf.classify(queries, top_k=4, augment=True)
+        again = clf.classify(queries, top_k=4, augment=True)
+        plain = clf.classify(queries, top_k=4)
     assert [p.top_k for p in augmented] == [p.top_k for p in again]  # the noise is a function of each class
-    assert all(abs(sum(s for _, s in p.top_k) - 1) < 1e-6 for p in augmented)
+    scores, logits = augmented_by_hand(bundle, shots, queries)
+    for row, prediction in enumerate(augmented):
+        order = [list(shots).index(label) for label, _ in prediction.top_k]
+        assert order == list(np.argsort(-scores[row], kind="stable"))
+        # float32 embeddings and generator outputs, summed in another order: ~1e-6 relative
+        np.testing.assert_allclose([s for _, s in prediction.top_k], scores[row, order], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(prediction.logits, logits[row, order], rtol=1e-4)
+    assert not np.allclose([p.logits for p in augmented], [p.logits for p in plain])  # generators count
 
     generator_file = bundle / manifest.generators.files[0]
     original = generator_file.read_bytes()
@@ -87,6 +99,48 @@ def test_generators_join_the_bundle_and_serve_augmented_predictions(bundle: Path
             FewShotClassifier(bundle)
     finally:
         generator_file.write_bytes(original)
+
+
+def augmented_by_hand(
+    bundle: Path, shots: dict[str, list[Path]], queries: list[Path]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The documented rule (manifest.Generators), with ONNX Runtime on the bundle's graphs: a class with k
+    shots gets k_max - k features per generator from G(x, z, q) (x cycling through its real embeddings, q
+    their mean, z standard normal seeded by crc32(name NUL k)); each generator's student takes the mean
+    of real + generated as the prototype; scores are the members' mean softmax, logits their mean."""
+    import onnxruntime as ort
+    from PIL import Image
+
+    from distilshot.serve.images import preprocess
+
+    manifest = load_manifest(bundle)
+    gen = manifest.generators
+    assert gen is not None and manifest.head.metric == "euclidean" and gen.output == "embedding"
+    embedder = ort.InferenceSession(str(bundle / manifest.embedder.file), providers=["CPUExecutionProvider"])
+
+    def embed(paths: list[Path]) -> np.ndarray:
+        pixels = preprocess([Image.open(p) for p in paths], manifest.preprocessing)
+        return embedder.run([gen.output], {manifest.embedder.input: pixels})[0].astype(np.float64)
+
+    query = embed(queries)
+    member_logits = []
+    for file in gen.files:
+        generator = ort.InferenceSession(str(bundle / file), providers=["CPUExecutionProvider"])
+        prototypes = []
+        for name, paths in shots.items():
+            real, k = embed(paths), len(paths)
+            count = gen.k_max - k
+            seed = zlib.crc32(f"{name}\x00{k}".encode())
+            z = np.random.default_rng(seed).standard_normal((count, gen.noise_dim)).astype(np.float32)
+            x = real[np.arange(count) % k].astype(np.float32)
+            q = np.repeat(real.mean(0, keepdims=True), count, axis=0).astype(np.float32)
+            fake = generator.run(["feature"], {"x": x, "z": z, "q": q})[0]
+            prototypes.append(np.concatenate([real, fake]).mean(0))
+        distances = ((query[:, None, :] - np.array(prototypes)[None]) ** 2).sum(-1)
+        member_logits.append(-distances * manifest.head.weights[gen.output] / manifest.head.temperature)
+    softmax = [np.exp(z - z.max(1, keepdims=True)) for z in member_logits]
+    scores = np.mean([e / e.sum(1, keepdims=True) for e in softmax], axis=0)
+    return scores, np.mean(member_logits, axis=0)
 
 
 def test_adapt_builds_a_student_bundle_with_a_fixed_classifier(bundle: Path, tmp_path: Path) -> None:
