@@ -17,6 +17,7 @@ import torch
 from method_runs import cli, train_steps
 from serve_http import files, served
 
+from distilshot.errors import BundleError
 from distilshot.export.calibration import (
     expected_calibration_error,
     fit_temperature,
@@ -26,7 +27,7 @@ from distilshot.export.calibration import (
 from distilshot.serve.api import create_app
 from distilshot.serve.classifier import FewShotClassifier
 from distilshot.serve.head import PrototypeHead
-from distilshot.serve.manifest import load_manifest
+from distilshot.serve.manifest import Manifest, load_manifest
 from distilshot.serve.rejection import bundle_features, calibrate
 
 DATA = Path(os.environ["DISTILSHOT_DATA"]) / "omniglot" / "images_evaluation"
@@ -148,3 +149,19 @@ def test_cli_and_http_scores_are_probabilities_not_saturated(exported, tmp_path:
         (uncalibrated,) = classifier.classify([query])
     assert uncalibrated.top_k[0][0] == prediction["top_k"][0]["label"]
     assert uncalibrated.top_k[0][1] > scores[0]
+
+
+def test_the_manifest_refuses_an_inconsistent_calibration(exported, tmp_path: Path) -> None:
+    manifest = load_manifest(exported.bundle)
+    c = manifest.calibration
+    for bad, message in (
+        (replace(c, temperature=2 * c.temperature), "the head's temperature"),
+        (replace(c, ece=1.5), "must lie between 0 and 1"),
+        (replace(c, nll=-0.1), "must not be negative"),
+        (replace(c, bins=0), "at least 1"),
+        (replace(c, ece=math.nan), "calibration.ece"),
+    ):
+        with pytest.raises(BundleError, match=message):
+            replace(manifest, calibration=bad).save(tmp_path)
+    text = json.loads((exported.bundle / "manifest.json").read_text())
+    assert Manifest.from_dict(text).calibration == c  # read back field by field
