@@ -26,6 +26,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # sections import their shared helpers (timing.py) by name
+from cpu import cpu_isa, peak_rule  # noqa: E402  (after the path that finds it)
+
 # Sections in this order first; any other bench_*.py runs after them, alphabetically.
 ORDER = ("engines", "head", "training", "http")
 
@@ -46,14 +48,11 @@ def load_section(name: str) -> ModuleType:
     return module
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def isa_text(isa: dict[str, Any]) -> str:
+    """The vector extensions the numbers depend on, e.g. "AVX-512 + VNNI + BF16"."""
+    widest = "AVX-512" if isa["avx512"] else "AVX2" if isa["avx2"] else "SSE only"
+    extras = [name for key, name in (("vnni", "VNNI"), ("avx512_bf16", "BF16"), ("amx", "AMX")) if isa[key]]
+    return " + ".join([widest, *extras]) + ("" if isa["vnni"] else " (no VNNI)")
 
 
 def machine() -> dict[str, Any]:
@@ -64,8 +63,12 @@ def machine() -> dict[str, Any]:
             versions[package] = importlib.import_module(package).__version__
         except Exception:  # not installed, or broken: the report says so instead of failing
             versions[package] = None
+    isa = cpu_isa()
     return {
-        "cpu": cpu_model(),
+        "cpu": isa["model"],
+        "isa": isa,
+        "isa_text": isa_text(isa),
+        "fp32_peak": peak_rule(isa),
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "python": platform.python_version(),
@@ -87,7 +90,8 @@ def render(meta: dict[str, Any], sections: dict[str, dict[str, Any]]) -> str:
     lines = [
         "# distilshot benchmarks",
         "",
-        f"Measured {meta['date']} on {m['cpu']}, {m['cores_usable']} cores usable ({m['os']}; "
+        f"Measured {meta['date']} on {m['cpu']} ({m['isa_text']}; fp32 peak assumed: {m['fp32_peak']}), "
+        f"{m['cores_usable']} cores usable ({m['os']}; "
         f"Python {m['python']}; {versions}). Command: `{meta['command']}`"
         + (" (quick: short runs, numbers not representative)" if meta["quick"] else "")
         + f"; {meta['seconds']:.0f} s in total.",

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cpu import cpu_isa, fp32_peak_gflops, peak_rule
 
 
 def throughput(run: Callable[[], Any], items: int, seconds: float) -> float:
@@ -61,10 +60,8 @@ def median(values: dict[str, list[float]]) -> dict[str, float]:
 
 
 def sgemm_peak(size: int = 2048, repeats: int = 5) -> dict[str, Any]:
-    """The CPU's fp32 peak, two ways: nominal, from the clock /proc/cpuinfo reports and the vector width
-    (2 FMA units of 16 floats per core with AVX-512, 8 with AVX2; a VM may report a base clock below the
-    one it runs at), and measured, the best GFLOP/s of a float32 matrix product on all cores from numpy's
-    BLAS or PyTorch's (MKL)."""
+    """The CPU's fp32 peak, two ways: nominal, from its clock and vector ISA (bench/cpu.py), and measured,
+    the best GFLOP/s of a float32 matrix product on all cores from numpy's BLAS or PyTorch's (MKL)."""
     import torch
 
     a = np.random.default_rng(0).random((size, size), dtype=np.float32)
@@ -73,10 +70,8 @@ def sgemm_peak(size: int = 2048, repeats: int = 5) -> dict[str, Any]:
     for name, matmul in (("numpy", lambda: a @ a), ("torch", lambda: t @ t)):
         matmul()
         best[name] = max(2 * size**3 / _seconds(matmul) for _ in range(repeats)) / 1e9
-    flags, mhz = _cpu_flags_and_mhz()
-    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
-    cores = len(os.sched_getaffinity(0))
-    nominal = cores * mhz / 1e3 * 2 * 2 * lanes if mhz else None  # cores x GHz x 2 FMA units x 2 x lanes
+    isa = cpu_isa()
+    nominal = fp32_peak_gflops(isa) or None
     return {
         # what engines' fractions are of: the nominal peak where the clock is known, else the measured one
         "reference_gflops": nominal or max(best.values()),
@@ -84,9 +79,7 @@ def sgemm_peak(size: int = 2048, repeats: int = 5) -> dict[str, Any]:
         "by": max(best, key=best.get),
         "measured": best,
         "nominal_gflops": nominal,
-        "nominal_rule": f"{cores} cores x {mhz / 1e3:.2f} GHz x 2 FMA units x 2 FLOP x {lanes} fp32 lanes"
-        if mhz
-        else None,
+        "nominal_rule": peak_rule(isa) if nominal else None,
     }
 
 
@@ -94,19 +87,6 @@ def _seconds(run: Callable[[], Any]) -> float:
     start = time.perf_counter()
     run()
     return time.perf_counter() - start
-
-
-def _cpu_flags_and_mhz() -> tuple[set[str], float]:
-    flags, mhz = set(), 0.0
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-            elif line.startswith("cpu MHz") and not mhz:
-                mhz = float(line.split(":", 1)[1])
-    except OSError:
-        pass
-    return flags, mhz
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
