@@ -50,6 +50,8 @@ def evaluate(checkpoint: Path, outputs: str | None = None) -> dict[str, dict]:
             "5",
             "--classifier",
             classifier,
+            "--protocol",
+            "random",  # the published tables' protocol; keyed by shot below
             "--episodes",
             str(episodes),
             "--json",

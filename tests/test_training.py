@@ -135,8 +135,9 @@ def test_evaluation_can_restrict_a_model_to_some_outputs(omniglot_train) -> None
     cfg = preset_config("protonet", "omniglot", "quick")
     spec = model_spec(cfg, omniglot_train.num_classes)
     model = spec.build(seed=0)
-    (full,) = evaluate(model, spec, settings=((5, 1),), episodes=20)
-    (same,) = evaluate(model, spec, settings=((5, 1),), episodes=20, outputs=("embedding",))
+    one = {"settings": ((5, 1),), "episodes": 20, "protocols": ("random",)}
+    (full,) = evaluate(model, spec, **one)
+    (same,) = evaluate(model, spec, **one, outputs=("embedding",))
     assert same.mean == full.mean and same.classifier.endswith("[embedding]")
     with pytest.raises(ConfigError, match="no outputs"):
         evaluate(model, spec, settings=((5, 1),), episodes=20, outputs=("local",))
