@@ -204,7 +204,8 @@ class Trainer:
         return True
 
     def _autocast(self) -> Any:
-        # bf16 autocast on CUDA; full precision on CPU, where it is both faster and exact
+        # bf16 autocast on CUDA; full precision on CPU: exact (on a CPU with AVX512-BF16, bf16 autocast
+        # trained ResNet-12 ~1.8x faster in a probe, but it would change every CPU result)
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
     def _train_epoch(self, epoch: int, progress: Progress) -> dict[str, float]:
