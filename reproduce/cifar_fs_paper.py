@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from distilshot_cli import cli
 from published import PUBLISHED_PAPER_CIFAR_FS
 from timing import log_span
 
 HERE = Path(__file__).resolve().parent
 RUNS = HERE / "runs" / "cifar-fs-convnet4-paper"
 OUT = HERE / "cifar-fs-convnet4-paper"
-DISTILSHOT = str(Path(sys.executable).with_name("distilshot"))
 # a job's own --backbone comes later and wins
 COMMON = ("--dataset", "cifar-fs", "--backbone", "convnet4", "--preset", "paper")
 PROTOCOLS = ("prototype", "logreg")
@@ -141,14 +141,6 @@ def record_commit(run: Path) -> list[str]:
         seen.append(commit())
         path.write_text("\n".join(seen) + "\n")
     return seen
-
-
-def cli(*args: str) -> str:
-    print("$ distilshot " + " ".join(args), flush=True)
-    result = subprocess.run([DISTILSHOT, *args], stdout=subprocess.PIPE, text=True)
-    if result.returncode != 0:
-        sys.exit(f"distilshot {' '.join(args)} failed with status {result.returncode}")
-    return result.stdout
 
 
 def evaluate(checkpoint: Path, outputs: str | None, episodes: int) -> list[dict[str, Any]]:

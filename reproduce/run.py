@@ -8,11 +8,10 @@ Re-running continues where it stopped: finished runs are read back, interrupted 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from distilshot_cli import cli
 from published import PUBLISHED
 from timing import log_span
 
@@ -20,18 +19,9 @@ from distilshot.train.recipes import RECIPES
 
 HERE = Path(__file__).resolve().parent
 RUNS = HERE / "runs"
-DISTILSHOT = str(Path(sys.executable).with_name("distilshot"))
 DATASETS = ("omniglot", "cifar-fs")
 METHODS = ("pretrain", "protonet", "skd", "grdd", "bml")
 PROTOCOLS = (("prototype", 1000), ("logreg", 600))
-
-
-def cli(*args: str) -> str:
-    print("$ distilshot " + " ".join(args), flush=True)
-    result = subprocess.run([DISTILSHOT, *args], stdout=subprocess.PIPE, text=True)
-    if result.returncode != 0:
-        sys.exit(f"distilshot {' '.join(args)} failed with status {result.returncode}")
-    return result.stdout
 
 
 def evaluate(checkpoint: Path, outputs: str | None = None) -> dict[str, dict]:
