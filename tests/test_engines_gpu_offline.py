@@ -24,7 +24,7 @@ from serve_fixtures import SIZE, make_bundle
 
 from distilshot.errors import BundleError, DistilshotError
 from distilshot.serve.classifier import FewShotClassifier
-from distilshot.serve.engines import open_engine
+from distilshot.serve.engines import cuda_engine, open_engine
 from distilshot.serve.engines import tensorrt_engine as trt_engine
 from distilshot.serve.engines.base import EngineUnavailable
 from distilshot.serve.manifest import load_manifest
@@ -331,6 +331,7 @@ def test_gpu_providers_are_requested_with_options_and_reported_in_use(bundle, mo
 
 def test_a_silent_fall_back_to_the_cpu_is_caught(bundle, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", FakeOrt(GPU, in_use=["CPUExecutionProvider"]))
+    monkeypatch.setattr(trt_engine, "is_available", lambda: False)  # the tensorrt backend: not installed
     manifest = load_manifest(bundle)
     with pytest.raises(EngineUnavailable, match=r"asked for \['TensorrtExecutionProvider', 'CUDAExecution"):
         open_engine(bundle, manifest, "onnxruntime", providers=GPU)
@@ -344,7 +345,8 @@ def test_a_silent_fall_back_to_the_cpu_is_caught(bundle, monkeypatch):
 def test_cuda_backend_when_cuda_really_runs(bundle, monkeypatch):
     fake = FakeOrt(["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setitem(sys.modules, "onnxruntime", fake)
-    engine = open_engine(bundle, load_manifest(bundle))  # auto: no tensorrt package here, so cuda
+    monkeypatch.setattr(trt_engine, "is_available", lambda: False)
+    engine = open_engine(bundle, load_manifest(bundle))  # auto: no tensorrt package, so cuda
     assert engine.name == "cuda" and [n for n, _ in fake.requested] == [
         "CUDAExecutionProvider",
         "CPUExecutionProvider",
@@ -354,7 +356,8 @@ def test_cuda_backend_when_cuda_really_runs(bundle, monkeypatch):
         open_engine(bundle, load_manifest(bundle), "cuda", providers=["CPUExecutionProvider"])
 
 
-def test_cuda_backend_without_onnxruntime_gpu(bundle):
+def test_cuda_backend_without_onnxruntime_gpu(bundle, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", FakeOrt(["CPUExecutionProvider"]))  # the CPU build
     with pytest.raises(EngineUnavailable, match=r"no CUDAExecutionProvider.*distilshot\[gpu\]"):
         open_engine(bundle, load_manifest(bundle), "cuda")
 
@@ -369,9 +372,22 @@ def test_auto_prefers_tensorrt_when_a_gpu_runs_it_and_info_reports_it(bundle, fa
     assert info["providers"] == ["TensorRT 11.4.0.106 on Fake GPU 80GB (compute 9.0), fp32 graph"]
 
 
-def test_auto_on_a_cpu_only_machine(bundle):
+def test_auto_on_a_cpu_only_machine(bundle, cpu_only):
     engine = open_engine(bundle, load_manifest(bundle))
     assert engine.name == "onnxruntime" and engine.providers_in_use == ["CPUExecutionProvider"]
+
+
+def test_the_cuda_backend_runs_the_graph_on_a_real_gpu(bundle):
+    """Marked `gpu` in conftest.py: runs only where a CUDA device is visible."""
+    if not cuda_engine.is_available():
+        pytest.skip("onnxruntime has no CUDAExecutionProvider: install distilshot[gpu] for this check")
+    manifest = load_manifest(bundle)
+    engine = open_engine(bundle, manifest, "cuda")
+    assert engine.providers_in_use[0] == "CUDAExecutionProvider"
+    x = batch(100)
+    ours, reference = engine.embed(x), open_engine(bundle, manifest, "onnxruntime").embed(x)
+    for name in ("global", "local"):  # float32 means and maxima of O(1) values: a few ulps apart
+        np.testing.assert_allclose(ours[name], reference[name], rtol=1e-5, atol=1e-5)
 
 
 def test_a_precision_the_bundle_lacks_names_the_export_that_adds_it(bundle):

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from device_fixtures import GPU_BACKENDS, cuda_devices
 from serve_fixtures import SIZE, expected_embedding, make_bundle
 
 from distilshot.errors import BundleError, DistilshotError
@@ -31,7 +32,7 @@ def solid_batch(*colours: tuple[int, int, int]) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to((pixels - 0.5) / 0.25, (len(colours), 3, SIZE, SIZE)))
 
 
-def test_auto_picks_onnxruntime_on_cpu(bundle):
+def test_auto_picks_onnxruntime_on_a_cpu_only_install(bundle, cpu_only):
     engine = open_engine(bundle, load_manifest(bundle))
     assert engine.name == "onnxruntime" and "onnxruntime" in BACKENDS
     assert engine.providers_in_use == ["CPUExecutionProvider"]
@@ -40,6 +41,17 @@ def test_auto_picks_onnxruntime_on_cpu(bundle):
     assert np.allclose(
         out["embedding"], [expected_embedding((255, 0, 0)), expected_embedding((51, 102, 204))]
     )
+
+
+def test_auto_opens_what_this_machine_really_runs(bundle):
+    """Unpinned: a GPU backend where its packages are installed and a CUDA device is visible, else ONNX
+    Runtime on the CPU (auto skips GPU backends that do not really run)."""
+    installed = [name for name in GPU_BACKENDS if importlib.import_module(BACKENDS[name]).is_available()]
+    engine = open_engine(bundle, load_manifest(bundle))
+    if installed and cuda_devices():
+        assert engine.name in installed and engine.providers_in_use != ["CPUExecutionProvider"]
+    else:
+        assert engine.name == "onnxruntime" and engine.providers_in_use == ["CPUExecutionProvider"]
 
 
 def test_two_outputs(two):
