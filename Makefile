@@ -19,7 +19,7 @@ ifneq ($(wildcard ../shared/data),)
 export DISTILSHOT_DATA ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install train-export test lint bench results results-refilled results-generators reproduce-cifar-fs clean demo
+.PHONY: install train-export test test-fast lint bench results results-refilled results-generators reproduce-cifar-fs clean demo
 
 install: $(STAMP) $(CHROMIUM)
 
@@ -43,6 +43,11 @@ demo: $(STAMP)
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
+
+# The fast subset: no test that trains or exports a model, runs for long, or drives the browser (the
+# markers are applied in tests/conftest.py)
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow and not browser"
 
 # Engine and serving benchmarks -> bench/results.md and bench/results.json (BENCH_ARGS=--quick for a short check)
 BENCH_ARGS ?=
