@@ -1,4 +1,4 @@
-"""Deployment formats on a real bundle: a ConvNet-4 ProtoNet trained for a few episodes on Omniglot, exported,
+"""Deployment formats: the session's ConvNet-4 ProtoNet, trained briefly on Omniglot, exported,
 then given every format as `export --to int8,openvino,tensorrt,triton` does. Every backend that runs on this
 CPU is compared with ONNX Runtime fp32 on real evaluation images; the TensorRT graphs get the offline
 checks; the Triton configs are validated against Triton's schema; stores stay tied to one graph."""
@@ -29,17 +29,9 @@ EPISODES = 20  # per check: the comparisons are paired (same episodes), so few s
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A bundle of a ProtoNet trained for 10 episodes (well above chance on Omniglot already)."""
-    from distilshot.export.bundle import write_bundle
-    from distilshot.train.pipeline import train
-    from distilshot.train.recipes import TrainRequest
-
-    run = tmp_path_factory.mktemp("deploy") / "run"
-    overrides = {"epochs": 1, "steps_per_epoch": 10, "n_way": 10, "val_episodes": 5}
-    request = TrainRequest(method="protonet", dataset="omniglot", overrides=overrides, device="cpu")
-    outcome = train(request, run)
-    return write_bundle(outcome.model, outcome.spec, run / "bundle")[0]
+def trained(trained_run):
+    """The session's trained ProtoNet bundle (trained_fixture.py); copied before any change."""
+    return trained_run.bundle
 
 
 @pytest.fixture(scope="module")
@@ -137,9 +129,12 @@ def test_openvino_matches_onnxruntime_on_real_images(bundle, evaluation, precisi
     scale = np.abs(theirs).max()
     if precision == "fp32":
         assert np.abs(ours - theirs).max() < 1e-4 * scale
-    else:  # int8 kernels may round a value to a neighbouring quantization step; most agree exactly
-        step = scale / 127
-        assert np.abs(ours - theirs).max() <= 3 * step and np.mean(np.abs(ours - theirs) < 1e-4) > 0.8
+    else:
+        # one int8 graph: the engines may only round an activation to a neighbouring step (+-1 step), which
+        # propagates to a few output steps at most and to under one step on average (how many values agree
+        # exactly depends on the CPU's int8 instructions, so it is not asserted)
+        step, diff = scale / 127, np.abs(ours - theirs)
+        assert diff.max() <= 3 * step and np.sqrt(np.mean(diff**2)) <= step
 
 
 def test_openvino_runs_onnx_graphs_of_bundles_without_ir(trained, evaluation):
@@ -152,7 +147,7 @@ def test_openvino_runs_onnx_graphs_of_bundles_without_ir(trained, evaluation):
     assert np.abs(ours - theirs).max() < 1e-4 * np.abs(theirs).max()
 
 
-def test_auto_runs_int8_on_openvino_and_fp32_on_onnxruntime(bundle):
+def test_auto_runs_int8_on_openvino_and_fp32_on_onnxruntime(bundle, cpu_only):
     folder, _ = bundle
     manifest = load_manifest(folder)
     assert open_engine(folder, manifest, precision="int8").name == "openvino"
@@ -328,6 +323,40 @@ def test_a_failed_check_leaves_the_bundle_unchanged(trained, tmp_path):
         add_formats(folder, ["int8"], episodes=5, calibration_images=50, max_drop=-100.0)
     after = {p.name: p.read_bytes() for p in folder.iterdir() if p.name != LOCK_FILE}
     assert after == before  # only the (empty) lock file of the edit remains
+
+
+def test_a_damaged_int8_graph_is_refused_at_the_default_limit(trained, tmp_path, monkeypatch):
+    """The int8 check at its default 1-point limit: a graph whose per-channel weight scales are off by up to
+    20x either way (a broken calibration) loses ~20 points here and must be refused."""
+    from distilshot.export import int8
+
+    quantize = int8.quantize_graph
+
+    def damaged(source, target, calibration, input_name):
+        quantize(source, target, calibration, input_name)
+        model = onnx.load(target)
+        nodes = model.graph.node
+        scales = {
+            n.input[1]
+            for n in nodes
+            if n.op_type == "DequantizeLinear" and n.input[0].endswith("weight_quantized")
+        }
+        assert len(scales) == 4  # one per Conv
+        rng = np.random.default_rng(0)
+        for tensor in model.graph.initializer:
+            if tensor.name in scales:
+                scale = numpy_helper.to_array(tensor)
+                factor = np.exp(rng.uniform(-3, 3, scale.shape)).astype(scale.dtype)
+                tensor.CopyFrom(numpy_helper.from_array(scale * factor, tensor.name))
+        onnx.save(model, target)
+
+    monkeypatch.setattr(int8, "quantize_graph", damaged)
+    folder = tmp_path / "bundle"
+    shutil.copytree(trained, folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(DistilshotError, match=r"loses .* more than the allowed 1.0; the bundle is unchanged"):
+        add_formats(folder, ["int8"], episodes=EPISODES, calibration_images=50)
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.name != LOCK_FILE} == before
 
 
 def test_an_export_again_replaces_the_format_and_removes_the_old_files(bundle, tmp_path):
