@@ -3,25 +3,36 @@ makes `auto` see a CPU-only install (the GPU backends report themselves not inst
 
 from __future__ import annotations
 
-import ctypes
 import functools
+import subprocess
+import sys
 
 import pytest
 
 GPU_BACKENDS = ("tensorrt", "cuda")  # the backends `auto` tries before the CPU ones
 
 
+# Asked in a child process: initialising CUDA in the test process would make later forks unsafe for it.
+_COUNT_DEVICES = """
+import ctypes
+try:
+    cuda = ctypes.CDLL("libcuda.so.1")
+except OSError:
+    print(0)
+else:
+    count = ctypes.c_int(0)
+    ok = cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0
+    print(count.value if ok else 0)
+"""
+
+
 @functools.cache
 def cuda_devices() -> int:
     """The number of CUDA devices the driver sees (0 without a driver or a device)."""
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return 0
-    count = ctypes.c_int(0)
-    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
-        return 0
-    return count.value
+    result = subprocess.run(
+        [sys.executable, "-c", _COUNT_DEVICES], capture_output=True, text=True, timeout=60
+    )
+    return int(result.stdout.strip() or 0) if result.returncode == 0 else 0
 
 
 def no_cuda_reason() -> str | None:
