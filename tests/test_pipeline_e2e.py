@@ -27,11 +27,9 @@ CHARACTERS = [
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    run = tmp_path_factory.mktemp("pipeline") / "run"
-    args = "train-export --method protonet --dataset omniglot --epochs 2 --steps-per-epoch 30 --episodes 300"
-    result = cli(*args.split(), "--run-dir", run, "--json")
-    return run, json.loads(result.stdout.strip().splitlines()[-1])
+def trained(trained_run):
+    """The session's `distilshot train-export` run (trained_fixture.py) and the summary it printed."""
+    return trained_run.run, trained_run.summary
 
 
 def test_train_export_reports_accuracy_and_writes_the_run_folder(trained) -> None:
