@@ -15,14 +15,14 @@ BACKGROUND = Path(os.environ["DISTILSHOT_DATA"]) / "omniglot" / "images_backgrou
 
 
 def cli(
-    *args: object, ok: bool = True, env: dict[str, str] | None = None
+    *args: object, ok: bool = True, env: dict[str, str] | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:
     """Runs `distilshot ARGS`; `ok=False` expects a user error: status 2, one line, no traceback."""
     result = subprocess.run(
         [DISTILSHOT, *map(str, args)],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
     if ok:

@@ -6,16 +6,13 @@ one that edits the bundle copies it first."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from method_runs import cli
 
-DISTILSHOT = str(Path(sys.executable).with_name("distilshot"))
 TRAIN_EXPORT = [
     "train-export",
     "--method",
@@ -45,12 +42,5 @@ class TrainedRun:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     run = tmp_path_factory.mktemp("trained") / "run"
-    result = subprocess.run(
-        [DISTILSHOT, *TRAIN_EXPORT, "--run-dir", str(run), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=TRAIN_EXPORT_TIMEOUT_S,
-        env=dict(os.environ),
-    )
-    assert result.returncode == 0, result.stderr
+    result = cli(*TRAIN_EXPORT, "--run-dir", run, "--json", timeout=TRAIN_EXPORT_TIMEOUT_S)
     return TrainedRun(run, json.loads(result.stdout.strip().splitlines()[-1]))
