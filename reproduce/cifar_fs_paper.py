@@ -137,8 +137,9 @@ def record_commit(run: Path) -> list[str]:
     run.mkdir(parents=True, exist_ok=True)
     path = run / "commits.txt"
     seen = path.read_text().split() if path.is_file() else []
-    if commit() not in seen:
-        seen.append(commit())
+    current = commit()
+    if current not in seen:
+        seen.append(current)
         path.write_text("\n".join(seen) + "\n")
     return seen
 
