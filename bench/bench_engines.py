@@ -26,6 +26,7 @@ import onnx
 import torch
 from timing import interleaved, latencies, median, sgemm_peak, table, throughput
 
+from distilshot.core.manifest import Graph, Manifest
 from distilshot.errors import DistilshotError
 from distilshot.export.bundle import write_bundle
 from distilshot.export.bundle_edit import BundleEdit
@@ -35,7 +36,6 @@ from distilshot.export.int8 import ROLE as INT8_ROLE
 from distilshot.export.int8 import calibration_batch, quantize_graph
 from distilshot.serve.engines.onnxruntime_engine import OnnxRuntimeEngine
 from distilshot.serve.engines.openvino_engine import OpenVinoEngine
-from distilshot.serve.manifest import Graph, Manifest
 from distilshot.train.checkpoint import ModelSpec, load_model
 from distilshot.train.data.registry import load_split
 
@@ -208,8 +208,8 @@ def trained_run() -> Path | None:
 
 
 def measure_accuracy(folder: Path, quick: bool) -> dict[str, Any] | None:
+    from distilshot.core.manifest import load_manifest
     from distilshot.export.formats import add_formats
-    from distilshot.serve.manifest import load_manifest
 
     source = trained_run()
     if source is None:

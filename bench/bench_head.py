@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 from timing import latencies, table
 
-from distilshot.serve.head import PrototypeHead, softmax, top_k_indices
-from distilshot.serve.manifest import Head
+from distilshot.core.head import PrototypeHead, softmax, top_k_indices
+from distilshot.core.manifest import Head
 
 CLASSES = (10, 100, 1_000, 10_000, 100_000)
 DIMS = (640, 64)

@@ -45,7 +45,7 @@ def query_png(seed: int) -> bytes:
 
 def fill_store(bundle: Path, store: Path, classes: int) -> None:
     """`classes` classes of one shot each, with random embeddings, written in one transaction."""
-    from distilshot.serve.manifest import load_manifest
+    from distilshot.core.manifest import load_manifest
     from distilshot.serve.store import Shot, SupportStore
 
     manifest = load_manifest(bundle)

@@ -18,12 +18,12 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from torch import nn
 
+from distilshot.core.manifest import FixedClassifier, Manifest, load_manifest
 from distilshot.errors import DistilshotError
 from distilshot.export.bundle import write_bundle
 from distilshot.export.bundle_edit import BundleEdit
 from distilshot.serve.engines.registry import open_engine
 from distilshot.serve.extra_heads import FixedClassifierHead
-from distilshot.serve.manifest import FixedClassifier, Manifest, load_manifest
 from distilshot.serve.store import SupportStore
 from distilshot.train.adapt import AdaptConfig, student_logits, train_task_student
 from distilshot.train.augment import normalize, to_float

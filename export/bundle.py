@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from distilshot.core.files import sha256_file
+from distilshot.core.manifest import Manifest, Preprocessing
 from distilshot.errors import DistilshotError
 from distilshot.export.onnx_graph import export_embedder
-from distilshot.serve.manifest import Head, Manifest, Preprocessing, sha256_file
 from distilshot.train.checkpoint import ModelSpec
 from distilshot.train.methods import Method
 
@@ -50,7 +51,7 @@ def write_bundle(
             dataset=spec.dataset,
             preprocessing=preprocessing_of(spec),
             graphs={"embedder": graph},
-            head=Head(**model.head()),
+            head=model.head(),
             metrics=metrics or {},
             training=training or {},
             files={EMBEDDER_FILE: sha256_file(staging / EMBEDDER_FILE)},

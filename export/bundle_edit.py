@@ -16,16 +16,16 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from distilshot.errors import DistilshotError
-from distilshot.serve.manifest import (
+from distilshot.core.files import sha256_file
+from distilshot.core.manifest import (
     MANIFEST_FILE,
     FixedClassifier,
     Generators,
     Graph,
     Manifest,
     load_manifest,
-    sha256_file,
 )
+from distilshot.errors import DistilshotError
 
 STAGING_PREFIX = ".staging-"
 LOCK_FILE = ".edit.lock"

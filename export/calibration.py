@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from distilshot.core.head import PrototypeHead, class_mean, softmax
+from distilshot.core.manifest import Calibration, load_manifest
 from distilshot.errors import DistilshotError
-from distilshot.serve.head import PrototypeHead, class_mean, softmax
-from distilshot.serve.manifest import Calibration, load_manifest
 from distilshot.serve.rejection import bundle_features
 from distilshot.train.data.imageset import ImageSet
 from distilshot.train.evaluation import describe_episodes, episode_sampler

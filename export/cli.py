@@ -184,8 +184,8 @@ def train_export(
     json_output: JsonOpt = False,
 ) -> None:
     """Train, evaluate on the held-out classes, export a bundle and check it against PyTorch."""
+    from distilshot.core.files import sha256_file
     from distilshot.export.pipeline import export_model
-    from distilshot.serve.manifest import sha256_file
     from distilshot.train.pipeline import default_run_dir, evaluate, train
     from distilshot.train.report import save_results
 
@@ -242,8 +242,8 @@ def generator(
     the bundle; `classify --augment` then completes each class with generated features."""
     import numpy as np
 
+    from distilshot.core.manifest import load_manifest
     from distilshot.export.generator_bundle import add_generators
-    from distilshot.serve.manifest import load_manifest
     from distilshot.train.data.registry import load_split
     from distilshot.train.generator import GeneratorConfig
     from distilshot.train.report import print_results
@@ -288,9 +288,9 @@ def adapt(
 ) -> None:
     """REFILLED adapt mode: distil the bundle's embedder into a small student for exactly the store's
     classes; the new bundle classifies them with a fixed classifier and still accepts new classes."""
+    from distilshot.core.manifest import load_manifest
     from distilshot.export.adapt_bundle import adapt as run_adapt
     from distilshot.export.adapt_bundle import restore_for
-    from distilshot.serve.manifest import load_manifest
     from distilshot.train.adapt import AdaptConfig
     from distilshot.train.presets import dataset_augmentation
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from distilshot.core.head import PrototypeHead
+from distilshot.core.manifest import Manifest
 from distilshot.serve.engines.base import CHUNK_SIZE, Engine
-from distilshot.serve.head import PrototypeHead
 from distilshot.serve.images import normalise
-from distilshot.serve.manifest import Manifest
 from distilshot.train.data.imageset import ImageSet
 from distilshot.train.samplers import EpisodeSampler
 

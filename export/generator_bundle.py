@@ -12,11 +12,11 @@ import numpy as np
 import onnx
 import torch
 
+from distilshot.core.manifest import Generators, Manifest, load_manifest
 from distilshot.errors import DistilshotError
 from distilshot.export.bundle_edit import BundleEdit
 from distilshot.serve.engines.registry import open_engine
 from distilshot.serve.extra_heads import GeneratorEnsemble
-from distilshot.serve.manifest import Generators, Manifest, load_manifest
 from distilshot.train.augment import normalize, to_float
 from distilshot.train.data.registry import load_split
 from distilshot.train.evaluation import EvalResult

@@ -11,7 +11,7 @@ import onnx
 import torch
 from torch import nn
 
-from distilshot.serve.manifest import Graph, Output
+from distilshot.core.manifest import Graph, Output
 from distilshot.train.checkpoint import ModelSpec
 from distilshot.train.methods import Method
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from distilshot.core.manifest import Graph
 from distilshot.errors import DistilshotError
 from distilshot.export.bundle_edit import BundleEdit
 from distilshot.export.engine_parity import compare_engines
 from distilshot.export.formats import FormatReport
 from distilshot.serve.engines.onnxruntime_engine import OnnxRuntimeEngine
 from distilshot.serve.engines.openvino_engine import INSTALL_HINT, OpenVinoEngine
-from distilshot.serve.manifest import Graph
 from distilshot.train.data.registry import load_split
 
 ROLES = {"fp32": "embedder-openvino", "int8": "embedder-int8-openvino"}

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from distilshot.core.head import PrototypeHead
+from distilshot.core.manifest import Head, load_manifest
 from distilshot.serve.engines.registry import open_engine
-from distilshot.serve.head import PrototypeHead
-from distilshot.serve.manifest import Head, load_manifest
 from distilshot.train.augment import normalize, to_float
 from distilshot.train.checkpoint import ModelSpec
 from distilshot.train.data.imageset import ImageSet

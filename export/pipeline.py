@@ -7,11 +7,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from distilshot.core.files import sha256_file
+from distilshot.core.manifest import Calibration, Rejection
 from distilshot.errors import DistilshotError
 from distilshot.export.bundle import write_bundle
 from distilshot.export.calibration import calibrate_temperature
 from distilshot.export.parity import ParityReport, check_parity
-from distilshot.serve.manifest import Calibration, Rejection, sha256_file
 from distilshot.serve.rejection import bundle_features, record_rejection
 from distilshot.train.checkpoint import ModelSpec, load_model
 from distilshot.train.data.registry import dataset_info, load_split

@@ -23,13 +23,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from distilshot.core.manifest import Graph, Manifest
 from distilshot.errors import DistilshotError
 from distilshot.export.bundle_edit import BundleEdit
 from distilshot.export.engine_parity import compare_engines
 from distilshot.export.formats import FormatReport
 from distilshot.serve.engines.base import EngineUnavailable
 from distilshot.serve.engines.onnxruntime_engine import OnnxRuntimeEngine
-from distilshot.serve.manifest import Graph, Manifest
 from distilshot.train.data.registry import load_split
 
 ROLE = "embedder-fp16"

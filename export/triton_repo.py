@@ -7,7 +7,7 @@ model_config.proto (triton-inference-server/common), kept as a compiled descript
 export/data/triton_model_config.desc (see export/data/README.md for its source and licence), parsed with
 protobuf's strict text format (an unknown field or enum value fails), plus the rules Triton applies when
 it loads a model that the schema cannot express. Triton serves the embedder; the prototype head stays
-with the client (distilshot.serve.head), as in serve/.
+with the client (distilshot.core.head), as in serve/.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from distilshot.core.manifest import Manifest
 from distilshot.errors import DistilshotError
 from distilshot.export.bundle_edit import BundleEdit
 from distilshot.export.formats import FormatReport
 from distilshot.serve.engines.base import CHUNK_SIZE, EngineUnavailable
-from distilshot.serve.manifest import Manifest
 
 REPOSITORY = "triton"
 MAX_QUEUE_DELAY_US = 1000

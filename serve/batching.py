@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from distilshot.serve.head import PrototypeHead, Prototypes
+from distilshot.core.head import PrototypeHead, Prototypes
 
 Embeddings = dict[str, np.ndarray]
 

@@ -15,12 +15,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from distilshot.core.head import PrototypeHead, Prototypes, softmax, top_k_indices
+from distilshot.core.manifest import load_manifest
 from distilshot.errors import DistilshotError, StoreError
 from distilshot.serve.batching import Batcher
 from distilshot.serve.engines import open_engine
 from distilshot.serve.engines.base import CHUNK_SIZE
 from distilshot.serve.extra_heads import FixedClassifierHead, GeneratorEnsemble, ensemble_logits
-from distilshot.serve.head import PrototypeHead, Prototypes, softmax, top_k_indices
 from distilshot.serve.images import (
     THUMBNAIL_SIDE,
     ImageSource,
@@ -31,7 +32,6 @@ from distilshot.serve.images import (
     thumbnail_png,
     to_model_pixels,
 )
-from distilshot.serve.manifest import load_manifest
 from distilshot.serve.store import ClassInfo, Shot, ShotInfo, SupportStore, UnknownClassError
 from distilshot.serve.store_import import import_shots
 

@@ -54,7 +54,7 @@ def _classifier(
 
 def _store(store: Path, bundle: Path | None) -> SupportStore:
     """The store alone (no inference engine), checked against the bundle's model when one is given."""
-    from distilshot.serve.manifest import load_manifest
+    from distilshot.core.manifest import load_manifest
     from distilshot.serve.store import SupportStore
 
     if not store.exists():

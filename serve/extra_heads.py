@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from distilshot.core.head import PrototypeHead, class_mean, softmax
+from distilshot.core.manifest import FixedClassifier, Generators
 from distilshot.errors import DistilshotError
-from distilshot.serve.head import PrototypeHead, class_mean, softmax
-from distilshot.serve.manifest import FixedClassifier, Generators
 
 
 def _session(path: Path) -> Any:

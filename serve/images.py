@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from distilshot.core.manifest import Preprocessing
 from distilshot.errors import DistilshotError, ImageError
-from distilshot.serve.manifest import Preprocessing
 
 ImageSource = str | Path | bytes | Image.Image
 

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from distilshot.core.head import PrototypeHead, class_mean
+from distilshot.core.manifest import Rejection, load_manifest
 from distilshot.errors import DistilshotError
 from distilshot.serve.engines import open_engine
 from distilshot.serve.engines.base import CHUNK_SIZE
-from distilshot.serve.head import PrototypeHead, class_mean
 from distilshot.serve.images import normalise
-from distilshot.serve.manifest import Rejection, load_manifest
 
 TARGET = 0.95
 WAYS = 5

@@ -24,8 +24,8 @@ from typing import TypeVar
 
 import numpy as np
 
+from distilshot.core.head import class_mean
 from distilshot.errors import StoreError
-from distilshot.serve.head import class_mean
 
 APPLICATION_ID = 0x44534854  # "DSHT" in the SQLite header marks a distilshot support store
 SCHEMA_VERSION = 1  # PRAGMA user_version

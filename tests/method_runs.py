@@ -64,7 +64,7 @@ def assert_exports_faithfully(model, spec, tmp_path: Path, test_set, **episode: 
     from distilshot.export.parity import check_parity
 
     bundle, manifest = write_bundle(model.eval(), spec, tmp_path / "bundle")
-    assert manifest.head.metric == model.head()["metric"]
+    assert manifest.head.metric == model.head().metric
     report = check_parity(model, spec, bundle, test_set, **{"episodes": 30, **episode})
     assert report.faithful, report
     return manifest, report

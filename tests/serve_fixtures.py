@@ -18,7 +18,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from distilshot.serve.manifest import Graph, Head, Manifest, Output, Preprocessing, sha256_file
+from distilshot.core.files import sha256_file
+from distilshot.core.manifest import Graph, Head, Manifest, Output, Preprocessing
 
 SIZE = 16
 MEAN = (0.5, 0.5, 0.5)

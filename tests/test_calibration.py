@@ -17,6 +17,8 @@ import torch
 from method_runs import cli, train_steps
 from serve_http import files, served
 
+from distilshot.core.head import PrototypeHead
+from distilshot.core.manifest import Manifest, load_manifest
 from distilshot.errors import BundleError
 from distilshot.export.calibration import (
     expected_calibration_error,
@@ -26,8 +28,6 @@ from distilshot.export.calibration import (
 )
 from distilshot.serve.api import create_app
 from distilshot.serve.classifier import FewShotClassifier
-from distilshot.serve.head import PrototypeHead
-from distilshot.serve.manifest import Manifest, load_manifest
 from distilshot.serve.rejection import bundle_features, calibrate
 
 DATA = Path(os.environ["DISTILSHOT_DATA"]) / "omniglot" / "images_evaluation"

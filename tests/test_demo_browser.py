@@ -13,10 +13,10 @@ from playwright.sync_api import expect, sync_playwright
 from serve_fixtures import encode, make_bundle, noise, solid, write_image
 from serve_http import served
 
+from distilshot.core.manifest import load_manifest
 from distilshot.demo.app import mount_demo
 from distilshot.serve.api import create_app
 from distilshot.serve.classifier import FewShotClassifier
-from distilshot.serve.manifest import load_manifest
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [

@@ -14,6 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from serve_fixtures import write_image
 
+from distilshot.core.manifest import load_manifest
 from distilshot.errors import BundleError, DistilshotError, StoreError
 from distilshot.export.bundle_edit import LOCK_FILE
 from distilshot.export.engine_parity import compare_engines, embed_images
@@ -22,7 +23,6 @@ from distilshot.export.tensorrt_engine import check_graph, supported_ops
 from distilshot.export.triton_repo import model_config, validate_config
 from distilshot.serve.classifier import FewShotClassifier
 from distilshot.serve.engines import open_engine
-from distilshot.serve.manifest import load_manifest
 from distilshot.train.data.registry import load_split
 
 EPISODES = 20  # per check: the comparisons are paired (same episodes), so few suffice

@@ -22,12 +22,12 @@ import onnxruntime
 import pytest
 from serve_fixtures import SIZE, make_bundle
 
+from distilshot.core.manifest import load_manifest
 from distilshot.errors import BundleError, DistilshotError
 from distilshot.serve.classifier import FewShotClassifier
 from distilshot.serve.engines import cuda_engine, open_engine
 from distilshot.serve.engines import tensorrt_engine as trt_engine
 from distilshot.serve.engines.base import EngineUnavailable
-from distilshot.serve.manifest import load_manifest
 
 
 @pytest.fixture(scope="module")

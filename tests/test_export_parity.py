@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from distilshot.core.head import PrototypeHead
+from distilshot.core.manifest import Head
 from distilshot.export.bundle import write_bundle
 from distilshot.export.parity import check_parity, logit_bounds, near_tie_mask
-from distilshot.serve.head import PrototypeHead
-from distilshot.serve.manifest import Head
 from distilshot.train.data.registry import load_split
 from distilshot.train.methods.base import prototype_logits
 from distilshot.train.pipeline import model_spec
@@ -33,7 +33,7 @@ def test_logit_bounds_cover_what_rounding_and_small_embedding_errors_do(metric: 
         {k: torch.from_numpy(v) for k, v in query.items()},
         n_way,
         k_shot,
-        {"metric": metric, "weights": head.weights, "temperature": head.temperature},
+        head,
     ).numpy()
     serve = PrototypeHead(head)
     their_means = {k: v.reshape(n_way, k_shot, -1).mean(1) for k, v in noisy["support"].items()}

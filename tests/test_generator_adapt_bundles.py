@@ -12,13 +12,13 @@ import pytest
 import torch
 from method_runs import cli
 
+from distilshot.core.manifest import Generators, load_manifest
 from distilshot.errors import BundleError, DistilshotError
 from distilshot.export.adapt_bundle import adapt, restore_for
 from distilshot.export.bundle import write_bundle
 from distilshot.export.generator_bundle import add_generators, export_generator
 from distilshot.serve.classifier import FewShotClassifier
 from distilshot.serve.extra_heads import GeneratorEnsemble
-from distilshot.serve.manifest import Generators, load_manifest
 from distilshot.train.adapt import AdaptConfig
 from distilshot.train.checkpoint import ModelSpec, save_checkpoint
 from distilshot.train.generator import FeatureGenerator, GeneratorConfig, augment_class

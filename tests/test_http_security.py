@@ -19,11 +19,11 @@ from gradio.utils import get_upload_folder
 from serve_fixtures import encode, make_bundle, noise, solid, write_image
 from serve_http import ServerProcess, file_data, files, gradio_call, png, served
 
+from distilshot.core.manifest import load_manifest
 from distilshot.demo.app import mount_demo
 from distilshot.errors import DistilshotError
 from distilshot.serve.api import create_app
 from distilshot.serve.classifier import FewShotClassifier
-from distilshot.serve.manifest import load_manifest
 from distilshot.serve.security import ApiKeys, RateLimiter, Security
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)

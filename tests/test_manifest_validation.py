@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from serve_fixtures import make_bundle
 
+from distilshot.core.manifest import MANIFEST_FILE, Rejection, load_manifest
 from distilshot.errors import BundleError, DistilshotError
 from distilshot.serve.classifier import FewShotClassifier
 from distilshot.serve.cli import _json
-from distilshot.serve.manifest import MANIFEST_FILE, Rejection, load_manifest
 
 DISTILSHOT = Path(sys.executable).parent / "distilshot"
 

@@ -15,6 +15,7 @@ import torch
 from method_runs import assert_exports_faithfully, train_steps
 from torch import nn
 
+from distilshot.core.manifest import Head
 from distilshot.errors import ConfigError
 from distilshot.train.augment import normalize, to_float
 from distilshot.train.backbones import build_backbone
@@ -207,11 +208,7 @@ def test_embeddings_are_relu_sqrt_of_both_views_and_the_head_sums_them() -> None
     assert set(out) == set(method.output_names) == {"global", "local"}
     for embedding in out.values():
         assert torch.equal(embedding, torch.tensor([[0.0, 2.0]]))
-    assert method.head() == {
-        "metric": "euclidean",
-        "weights": {"global": 1.0, "local": 1.0},
-        "temperature": 1.0,
-    }
+    assert method.head() == Head(metric="euclidean", weights={"global": 1.0, "local": 1.0}, temperature=1.0)
 
 
 def test_bad_parameters_are_refused() -> None:

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from distilshot.core.manifest import Head
 from distilshot.errors import ConfigError
 from distilshot.train.backbones.base import Backbone
 from distilshot.train.methods import build_method
@@ -35,11 +36,11 @@ def test_prototype_logits_cosine_and_fusion() -> None:
     support = {"a": torch.tensor([[1.0, 0.0], [0.0, 2.0]]), "b": torch.tensor([[1.0], [3.0]])}
     query = {"a": torch.tensor([[1.0, 1.0]]), "b": torch.tensor([[2.0]])}
     cosine = prototype_logits(
-        support, query, 2, 1, {"metric": "cosine", "weights": {"a": 1.0}, "temperature": 0.5}
+        support, query, 2, 1, Head(metric="cosine", weights={"a": 1.0}, temperature=0.5)
     )
     assert torch.allclose(cosine, torch.tensor([[2 / math.sqrt(2), 2 / math.sqrt(2)]]))
     fused = prototype_logits(
-        support, query, 2, 1, {"metric": "euclidean", "weights": {"a": 1.0, "b": 2.0}, "temperature": 1.0}
+        support, query, 2, 1, Head(metric="euclidean", weights={"a": 1.0, "b": 2.0}, temperature=1.0)
     )
     # a: d = (1, 2); b: d = (1, 1) -> logits = -(1 + 2*1), -(2 + 2*1)
     assert torch.allclose(fused, torch.tensor([[-3.0, -4.0]]))

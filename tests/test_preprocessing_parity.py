@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from distilshot.core.manifest import Preprocessing
 from distilshot.serve.images import load_image, normalise, to_model_pixels
-from distilshot.serve.manifest import Preprocessing
 from distilshot.train.augment import normalize, to_float
 from distilshot.train.data.decode import decode_image
 from distilshot.train.data.registry import dataset_info

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 from serve_fixtures import encode, expected_embedding, make_bundle, solid, write_image
 
+from distilshot.core.head import softmax
 from distilshot.errors import DistilshotError, ImageError, StoreError
 from distilshot.serve.classifier import FewShotClassifier, folder_classes
-from distilshot.serve.head import softmax
 
 RED, GREEN, BLUE = (250, 10, 10), (10, 240, 10), (0, 0, 255)
 

@@ -16,11 +16,11 @@ import pytest
 from serve_fixtures import make_bundle
 from serve_http import files, png, served
 
+from distilshot.core.head import PrototypeHead
+from distilshot.core.manifest import Head
 from distilshot.serve.api import create_app
 from distilshot.serve.batching import Batcher
 from distilshot.serve.classifier import FewShotClassifier
-from distilshot.serve.head import PrototypeHead
-from distilshot.serve.manifest import Head
 
 CLIENTS = 16
 CYCLES = 5  # x 10 requests = 50 per client

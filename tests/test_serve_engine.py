@@ -11,10 +11,11 @@ import pytest
 from device_fixtures import GPU_BACKENDS, cuda_devices
 from serve_fixtures import SIZE, expected_embedding, make_bundle
 
+from distilshot.core.files import sha256_file
+from distilshot.core.manifest import load_manifest
 from distilshot.errors import BundleError, DistilshotError
 from distilshot.serve.engines import BACKENDS, open_engine
 from distilshot.serve.engines.onnxruntime_engine import OnnxRuntimeEngine
-from distilshot.serve.manifest import load_manifest, sha256_file
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from distilshot.serve.head import PrototypeHead, class_mean, softmax, top_k_indices
-from distilshot.serve.manifest import Head
+from distilshot.core.head import PrototypeHead, class_mean, softmax, top_k_indices
+from distilshot.core.manifest import Head
 
 
 def logits(head: Head, queries: dict, means: dict, labels=("a", "b")) -> np.ndarray:

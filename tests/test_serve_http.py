@@ -13,10 +13,10 @@ from PIL import Image
 from serve_fixtures import encode, expected_embedding, make_bundle, noise, png_claiming, solid
 from serve_http import files, png, served
 
+from distilshot.core.manifest import Rejection, load_manifest
 from distilshot.serve.api import create_app
 from distilshot.serve.classifier import FewShotClassifier
 from distilshot.serve.images import MAX_BYTES
-from distilshot.serve.manifest import Rejection, load_manifest
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 from serve_fixtures import encode, noise, png_claiming, solid
 
+from distilshot.core.manifest import Preprocessing
 from distilshot.errors import DistilshotError, ImageError
 from distilshot.serve import images
 from distilshot.serve.images import (
@@ -31,7 +32,6 @@ from distilshot.serve.images import (
     thumbnail_png,
     to_model_pixels,
 )
-from distilshot.serve.manifest import Preprocessing
 from distilshot.train.data.decode import decode_image
 
 
@@ -299,7 +299,7 @@ def peak_rss_mb(script: str, *args: object) -> float:
         import numpy as np
         from PIL import Image
         from distilshot.serve.images import load_image, thumbnail_png, to_model_pixels
-        from distilshot.serve.manifest import Preprocessing
+        from distilshot.core.manifest import Preprocessing
         def hwm():
             status = open("/proc/self/status").read()
             return int(status.split("VmHWM:")[1].split()[0])  # kB

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from serve_fixtures import make_bundle
 
+from distilshot.core.head import PrototypeHead
+from distilshot.core.manifest import Head, load_manifest
 from distilshot.errors import DistilshotError
-from distilshot.serve.head import PrototypeHead
-from distilshot.serve.manifest import Head, load_manifest
 from distilshot.serve.rejection import calibrate, calibrate_bundle
 
 HEAD = PrototypeHead(Head("euclidean", {"e": 1.0}))

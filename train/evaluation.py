@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from distilshot.core.manifest import Head
 from distilshot.train.augment import Augmenter, normalize, to_float
 from distilshot.train.methods.base import Method, prototype_logits
 from distilshot.train.samplers import EpisodeSampler, WithinGroupEpisodeSampler
@@ -156,7 +157,7 @@ def evaluate_episodes(
     n_query: int = 15,
     episodes: int = 1000,
     classifier: str = "prototype",
-    head: dict[str, Any] | None = None,
+    head: Head | None = None,
     support_views: torch.Tensor | None = None,
     seed: int = 0,
     view: str = "",
@@ -194,7 +195,7 @@ def evaluate_episodes(
             correct[i] = _logreg_accuracy(views, tiled_labels, concatenated[q], query_labels)
     accuracy = 100.0 * correct
     ci95 = 1.96 * accuracy.std(ddof=1) / math.sqrt(episodes) if episodes > 1 else 0.0
-    name = f"prototype/{head['metric']}" if classifier == "prototype" and head else classifier
+    name = f"prototype/{head.metric}" if classifier == "prototype" and head else classifier
     if support_views is not None and classifier == "logreg":
         name += f" (support x{support_views.shape[0]} augmented)"
     if view:

@@ -3,6 +3,7 @@ folder, and evaluate a trained model under the standard protocols of its dataset
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -184,7 +185,7 @@ def evaluate(
             raise ConfigError(
                 f"{spec.method} has no outputs {sorted(unknown)}; it has {list(model.output_names)}"
             )
-        head = {**head, "weights": {k: w for k, w in head["weights"].items() if k in outputs}}
+        head = dataclasses.replace(head, weights={k: w for k, w in head.weights.items() if k in outputs})
     data = load_split(spec.dataset, split, spec.image_size)
     if "within-alphabet" in protocols and (data.class_groups is None or data.drawers is None):
         raise ConfigError(

@@ -7,8 +7,8 @@ from typing import Protocol
 
 import numpy as np
 
+from distilshot.core.manifest import PRECISIONS, Graph, Manifest, Preprocessing
 from distilshot.errors import BundleError, DistilshotError
-from distilshot.serve.manifest import PRECISIONS, Graph, Manifest, Preprocessing
 
 CHUNK_SIZE = 64
 # what adds a graph of each precision to a bundle

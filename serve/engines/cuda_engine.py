@@ -7,10 +7,10 @@ import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
+from distilshot.core.manifest import Manifest
 from distilshot.errors import DistilshotError
 from distilshot.serve.engines.base import EngineUnavailable
 from distilshot.serve.engines.onnxruntime_engine import CPU, OnnxRuntimeEngine
-from distilshot.serve.manifest import Manifest
 
 PROVIDER = "CUDAExecutionProvider"
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from distilshot.core.manifest import Manifest
 from distilshot.errors import BundleError
 from distilshot.serve.engines.base import (
     CHUNK_SIZE,
@@ -19,7 +20,6 @@ from distilshot.serve.engines.base import (
     graph_role,
 )
 from distilshot.serve.engines.cache import engine_cache_dir
-from distilshot.serve.manifest import Manifest
 
 INSTALL_HINT = "pip install distilshot[cpu] (or distilshot[gpu] for CUDA)"
 CPU = "CPUExecutionProvider"

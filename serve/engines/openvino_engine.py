@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from distilshot.core.manifest import Manifest
 from distilshot.errors import BundleError, DistilshotError
 from distilshot.serve.engines.base import (
     CHUNK_SIZE,
@@ -18,7 +19,6 @@ from distilshot.serve.engines.base import (
     embed_in_chunks,
     graph_role,
 )
-from distilshot.serve.manifest import Manifest
 
 INSTALL_HINT = "pip install distilshot[openvino]"
 DEVICE = "CPU"

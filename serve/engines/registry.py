@@ -9,9 +9,9 @@ import importlib
 from collections.abc import Sequence
 from pathlib import Path
 
+from distilshot.core.manifest import Manifest
 from distilshot.errors import DistilshotError
 from distilshot.serve.engines.base import Engine, EngineUnavailable
-from distilshot.serve.manifest import Manifest
 
 # backend name -> module implementing it
 BACKENDS: dict[str, str] = {

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from distilshot.core.manifest import Manifest
 from distilshot.errors import BundleError, DistilshotError
 from distilshot.serve.engines.base import (
     CHUNK_SIZE,
@@ -34,7 +35,6 @@ from distilshot.serve.engines.base import (
     graph_role,
 )
 from distilshot.serve.engines.cache import engine_cache_dir
-from distilshot.serve.manifest import Manifest
 
 INSTALL_HINT = "pip install distilshot[gpu] (tensorrt, cuda-bindings, onnxruntime-gpu)"
 REQUIRED = {"tensorrt": "tensorrt", "cuda.bindings": "cuda-bindings"}

@@ -12,6 +12,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from distilshot.core.files import file_digest
 from distilshot.errors import DatasetMissingError
 from distilshot.train.data.progress import progress_bar
 from distilshot.train.data.root import DATA_ENV, OFFLINE_ENV, cache_dir, data_roots, download_root, offline
@@ -77,7 +78,7 @@ def fetch(archive: Archive) -> Path:
     a temporary file that is renamed only once its checksum matches."""
     folder = cache_dir() / "downloads"
     path = folder / archive.filename
-    if path.is_file() and _md5(path) == archive.md5:
+    if path.is_file() and file_digest(path, "md5") == archive.md5:
         return path
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{archive.filename}.", suffix=".part")
@@ -137,14 +138,6 @@ def _check_member(archive_file: Path, name: str) -> None:
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or ".." in path.parts:
         raise DatasetMissingError(f"{archive_file} holds the unsafe path {name!r}; refusing to unpack it")
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _missing(archive: Archive, reason: str) -> DatasetMissingError:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distilshot.core.manifest import Head
 from distilshot.errors import ConfigError
 from distilshot.train.backbones import Backbone
 
@@ -90,9 +91,15 @@ class Method(nn.Module):
     def embed(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"embedding": self.backbone(x)}
 
-    def head(self) -> dict[str, Any]:
-        """Serving head (see serve.manifest.Head): metric, per-output fusion weights, temperature."""
-        return {"metric": "euclidean", "weights": {"embedding": 1.0}, "temperature": 1.0}
+    def head(self) -> Head:
+        """Serving head: metric, per-output fusion weights, temperature."""
+        return Head(metric="euclidean", weights={"embedding": 1.0}, temperature=1.0)
+
+
+def cosine_head() -> Head:
+    """The head of a feature learned globally or on the unit sphere: cosine similarity to class
+    prototypes of the one output, temperature 0.1 (before export calibrates it)."""
+    return Head(metric="cosine", weights={"embedding": 1.0}, temperature=0.1)
 
 
 def squared_euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -114,16 +121,16 @@ def prototype_logits(
     query: dict[str, torch.Tensor],
     n_way: int,
     k_shot: int,
-    head: dict[str, Any],
+    head: Head,
 ) -> torch.Tensor:
     """Logits of query embeddings against support prototypes under a serving head: the torch twin of the
     numpy head in serve/, used for evaluation and for the export parity check."""
     logits = 0
-    for name, weight in head["weights"].items():
+    for name, weight in head.weights.items():
         protos = prototypes(support[name], n_way, k_shot)
-        if head["metric"] == "cosine":
+        if head.metric == "cosine":
             score = F.normalize(query[name], dim=-1) @ F.normalize(protos, dim=-1).T
         else:
             score = -squared_euclidean(query[name], protos)
         logits = logits + weight * score
-    return logits / head["temperature"]
+    return logits / head.temperature

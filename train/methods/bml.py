@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distilshot.core.manifest import Head
 from distilshot.errors import ConfigError
 from distilshot.train.backbones import Backbone
 from distilshot.train.methods.base import Batch, LossOutput, Method, accuracy
@@ -208,5 +209,5 @@ class BML(Method):
         global_map, local_map = self.views(x)
         return {"global": view_embedding(global_map), "local": view_embedding(local_map)}
 
-    def head(self) -> dict[str, Any]:
-        return {"metric": "euclidean", "weights": {"global": 1.0, "local": 1.0}, "temperature": 1.0}
+    def head(self) -> Head:
+        return Head(metric="euclidean", weights={"global": 1.0, "local": 1.0}, temperature=1.0)

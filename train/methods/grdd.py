@@ -9,16 +9,15 @@ The meta-learner is what gets exported.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distilshot.core.manifest import Head
 from distilshot.errors import ConfigError
 from distilshot.train.augment import with_rotations
 from distilshot.train.backbones import Backbone
-from distilshot.train.methods.base import Batch, LossOutput, Method, accuracy
+from distilshot.train.methods.base import Batch, LossOutput, Method, accuracy, cosine_head
 
 
 class GRDDGlobal(Method):
@@ -49,9 +48,9 @@ class GRDDGlobal(Method):
             },
         )
 
-    def head(self) -> dict[str, Any]:
+    def head(self) -> Head:
         # a globally trained feature: compared by angle, as the meta-learner it teaches is
-        return {"metric": "cosine", "weights": {"embedding": 1.0}, "temperature": 0.1}
+        return cosine_head()
 
 
 def relatedness(support: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
@@ -119,6 +118,6 @@ class GRDDMeta(Method):
             kl + self.gamma * rt, {"acc": accuracy(scores, query_labels), "kl": kl.item(), "rt": rt.item()}
         )
 
-    def head(self) -> dict[str, Any]:
+    def head(self) -> Head:
         # trained and evaluated on cosine relatedness: served as cosine similarity to class prototypes
-        return {"metric": "cosine", "weights": {"embedding": 1.0}, "temperature": 0.1}
+        return cosine_head()

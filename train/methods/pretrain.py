@@ -4,14 +4,13 @@ which keep their class label."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch.nn.functional as F
 from torch import nn
 
+from distilshot.core.manifest import Head
 from distilshot.train.augment import with_rotations
 from distilshot.train.backbones import Backbone
-from distilshot.train.methods.base import Batch, LossOutput, Method, accuracy
+from distilshot.train.methods.base import Batch, LossOutput, Method, accuracy, cosine_head
 
 
 class Pretrain(Method):
@@ -32,6 +31,6 @@ class Pretrain(Method):
         loss = F.cross_entropy(logits, labels)
         return LossOutput(loss, {"acc": accuracy(logits, labels)})
 
-    def head(self) -> dict[str, Any]:
+    def head(self) -> Head:
         # globally trained features compare best by angle (Chen et al. 2019; RFS normalises them too)
-        return {"metric": "cosine", "weights": {"embedding": 1.0}, "temperature": 0.1}
+        return cosine_head()

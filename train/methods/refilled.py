@@ -20,15 +20,15 @@ Step 1 has two variants (IMPLEMENTATION-NOTES, "Checked against the authors' cod
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distilshot.core.manifest import Head
 from distilshot.errors import ConfigError
 from distilshot.train.backbones import Backbone
-from distilshot.train.methods.base import Batch, LossOutput, Method, accuracy, squared_euclidean
+from distilshot.train.methods.base import Batch, LossOutput, Method, accuracy, cosine_head, squared_euclidean
 
 
 def teacher_embedding(teacher: Method, x: torch.Tensor) -> torch.Tensor:
@@ -142,9 +142,9 @@ class RefilledEmbed(Method):
         loss = self.scale * triplet_kl(student, teacher, triplets, self.tau, self.variant)
         return LossOutput(loss, {"triplets": float(len(triplets))})
 
-    def head(self) -> dict[str, Any]:
+    def head(self) -> Head:
         # the embedding is learned on the unit sphere: compare by angle
-        return {"metric": "cosine", "weights": {"embedding": 1.0}, "temperature": 0.1}
+        return cosine_head()
 
 
 class RefilledClassify(Method):
@@ -182,5 +182,5 @@ class RefilledClassify(Method):
             {"acc": accuracy(logits, batch.labels), "ce": ce.item(), "lkd": kd.item(), "lambda": self.weight},
         )
 
-    def head(self) -> dict[str, Any]:
-        return {"metric": "cosine", "weights": {"embedding": 1.0}, "temperature": 0.1}
+    def head(self) -> Head:
+        return cosine_head()

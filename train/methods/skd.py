@@ -15,16 +15,15 @@ Generation 1 has two variants (IMPLEMENTATION-NOTES, "Checked against the author
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distilshot.core.manifest import Head
 from distilshot.errors import ConfigError
 from distilshot.train.augment import rotate, with_rotations
 from distilshot.train.backbones import Backbone
-from distilshot.train.methods.base import Batch, LossOutput, Method, accuracy
+from distilshot.train.methods.base import Batch, LossOutput, Method, accuracy, cosine_head
 
 VARIANTS = ("code", "paper-text")  # generation 1: the authors' code, or the paper's text (module docstring)
 
@@ -57,11 +56,11 @@ class _SKDMethod(Method):
         super().__init__(backbone, num_classes)
         self.classifier = nn.Linear(backbone.embedding_dim, num_classes)
 
-    def head(self) -> dict[str, Any]:
+    def head(self) -> Head:
         # SKD is reported with the RFS protocol: logistic regression on L2-normalised penultimate features.
         # The nearest-prototype twin of that is the cosine metric on the same feature; the class logits
         # are tied to the base classes and the un-normalised feature's scale varies with the image.
-        return {"metric": "cosine", "weights": {"embedding": 1.0}, "temperature": 0.1}
+        return cosine_head()
 
 
 class SKDGen0(_SKDMethod):

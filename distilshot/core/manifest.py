@@ -1,5 +1,5 @@
-"""The bundle manifest: the one contract between training and serving. serve/ owns this schema;
-export/ writes it through `Manifest.save`.
+"""The bundle manifest: the one contract between training and serving. export/ writes it through
+`Manifest.save`, serve/ reads it with `load_manifest`; train/ builds its `Head`.
 
 A bundle is a folder holding `manifest.json` and the graph files it lists, each with its sha256.
 """
@@ -9,12 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distilshot.core.files import sha256_file, write_json_atomic
 from distilshot.errors import BundleError
 
 SCHEMA_VERSION = 1
@@ -402,32 +401,6 @@ def _classifier(data: dict[str, Any] | None) -> FixedClassifier | None:
     return FixedClassifier(
         file=str(data["file"]), output=str(data["output"]), labels=tuple(str(v) for v in data["labels"])
     )
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> Path:
-    """Writes to a temporary file in the same folder and renames it, so readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, allow_nan=False)  # NaN is not JSON
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a bundle is meant to be read by its servers
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def load_manifest(bundle_dir: Path | str, verify: bool = True) -> Manifest:

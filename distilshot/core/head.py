@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from distilshot.serve.manifest import Head
+from distilshot.core.manifest import Head
 
 # Below this norm a vector counts as zero for cosine similarity (as torch's F.normalize).
 EPS = 1e-12
