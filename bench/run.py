@@ -7,7 +7,7 @@ other bench_*.py found, so ratios inside a section are measured side by side on 
 
     python bench/run.py                 # all sections, full size
     python bench/run.py --quick         # all sections, short runs (to check the code, not for numbers)
-    python bench/run.py --only engines,head
+    python bench/run.py --only engines,head   # re-measures these, keeps the other sections' results
 """
 
 from __future__ import annotations
@@ -84,27 +84,46 @@ def check_section(name: str, result: Any) -> dict[str, Any]:
     return result
 
 
-def render(meta: dict[str, Any], sections: dict[str, dict[str, Any]]) -> str:
+def measured_line(meta: dict[str, Any]) -> str:
+    """Where, when and how one section was measured."""
     m = meta["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+    # results written before the ISA was recorded (an AVX2-only machine) say so instead
+    isa = f"{m['isa_text']}; fp32 peak assumed: {m['fp32_peak']}" if "isa_text" in m else "ISA not recorded"
+    return (
+        f"Measured {meta['date']} on {m['cpu']} ({isa}), "
+        f"{m['cores_usable']} cores usable ({m['os']}; Python {m['python']}; {versions}). "
+        f"Command: `{meta['command']}`"
+        + (" (quick: short runs, numbers not representative)" if meta["quick"] else "")
+        + "."
+    )
+
+
+def render(sections: dict[str, dict[str, Any]]) -> str:
     lines = [
         "# distilshot benchmarks",
         "",
-        f"Measured {meta['date']} on {m['cpu']} ({m['isa_text']}; fp32 peak assumed: {m['fp32_peak']}), "
-        f"{m['cores_usable']} cores usable ({m['os']}; "
-        f"Python {m['python']}; {versions}). Command: `{meta['command']}`"
-        + (" (quick: short runs, numbers not representative)" if meta["quick"] else "")
-        + f"; {meta['seconds']:.0f} s in total.",
-        "",
-        "Ratios between engines are measured side by side in one run and are the headline; absolute times "
-        "belong to this machine.",
+        "Ratios inside a section are measured side by side in one run and are the headline; absolute times "
+        "belong to the machine each section names (`--only` re-measures some sections and keeps the others).",
         "",
     ]
     for name, section in sections.items():
-        lines += [f"## {section['title']}", "", section["markdown"].rstrip(), ""]
+        took = f"{measured_line(section['measured'])} {section['seconds']:.0f} s."
+        lines += [f"## {section['title']}", "", took, ""]
+        lines += [section["markdown"].rstrip(), ""]
         if "error" in section:
             lines += [f"_section `{name}` failed: {section['error']}_", ""]
     return "\n".join(lines)
+
+
+def previous_sections(path: Path) -> dict[str, dict[str, Any]]:
+    """The sections of an earlier results.json, each with its own `measured` record (files written before
+    sections carried one have a single one for the whole run)."""
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text())
+    shared = {k: old[k] for k in ("date", "command", "quick", "machine") if k in old}
+    return {name: {"measured": shared, **section} for name, section in old.get("sections", {}).items()}
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -126,7 +145,6 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(chosen) - set(available))
     if unknown:
         parser.error(f"no section {unknown}; found {available}")
-    start = time.perf_counter()
     sections: dict[str, dict[str, Any]] = {}
     failed = []
     for name in chosen:
@@ -140,16 +158,19 @@ def main(argv: list[str] | None = None) -> int:
             sections[name] = {"title": name, "markdown": "", "data": {}, "error": repr(error)}
         sections[name]["seconds"] = round(time.perf_counter() - t0, 1)
         print(f"[bench] {name} done in {sections[name]['seconds']} s", file=sys.stderr, flush=True)
-    meta = {
+    measured = {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "command": "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "quick": args.quick,
-        "seconds": time.perf_counter() - start,
         "machine": machine(),
     }
+    for name in chosen:
+        sections[name]["measured"] = measured
+    kept = {**previous_sections(args.out / "results.json"), **sections} if args.only else sections
+    ordered = {name: kept[name] for name in [*available, *kept] if name in kept}
     args.out.mkdir(parents=True, exist_ok=True)
-    write_atomic(args.out / "results.json", json.dumps({**meta, "sections": sections}, indent=2) + "\n")
-    write_atomic(args.out / "results.md", render(meta, sections))
+    write_atomic(args.out / "results.json", json.dumps({"sections": ordered}, indent=2) + "\n")
+    write_atomic(args.out / "results.md", render(ordered))
     print(f"[bench] wrote {args.out / 'results.md'} and results.json", file=sys.stderr)
     return 1 if failed else 0
 
