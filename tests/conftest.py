@@ -4,7 +4,8 @@ DISTILSHOT_CACHE yourself to share your own cache instead; tests that need an em
 
 Markers are applied here, by module and test name, so test files need no edits: `slow` (trains or exports
 a model, or runs for more than a few seconds), `browser` (Playwright), `gpu` (skipped, with its reason, on
-a machine without CUDA). `make test-fast` runs `pytest -m "not slow and not browser"`."""
+a machine without CUDA), `gpu_offline` (the GPU code paths against strict fakes of CUDA, TensorRT and
+ONNX Runtime's GPU providers; they run everywhere). `make test-fast` runs `pytest -m "not slow and not browser"`."""
 
 import os
 from pathlib import Path
@@ -56,6 +57,7 @@ SLOW_TESTS = {
 SLOW_FIXTURES = {"trained_run"}
 SLOW_MODULE_FIXTURES = {"test_calibration": {"exported"}}
 BROWSER_MODULES = {"test_demo_browser"}
+GPU_OFFLINE_MODULES = {"test_engines_gpu_offline"}
 GPU_TESTS: dict[str, set[str]] = {
     "test_engines_gpu_offline": {"test_the_cuda_backend_runs_the_graph_on_a_real_gpu"},
 }
@@ -82,6 +84,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.browser)
         if name in GPU_TESTS.get(module, ()):
             item.add_marker(pytest.mark.gpu)
+        elif module in GPU_OFFLINE_MODULES:
+            item.add_marker(pytest.mark.gpu_offline)
         if item.get_closest_marker("gpu") and skip_gpu:
             item.add_marker(pytest.mark.skip(reason=skip_gpu))
         if module in TIMEOUTS and item.get_closest_marker("timeout") is None:
