@@ -20,6 +20,7 @@ SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 METRICS = ("euclidean", "cosine")
 RESIZE_MODES = ("shorter-side-center-crop",)
+RESAMPLE_FILTERS = ("bilinear", "bicubic", "lanczos", "nearest", "box")  # Pillow's, by name
 PRECISIONS = ("fp32", "fp16", "int8")
 GRAPH_FORMATS = ("onnx", "openvino")
 
@@ -252,7 +253,7 @@ class Manifest:
             raise BundleError("preprocessing height and width must be positive")
         if p.resize not in RESIZE_MODES:
             raise BundleError(f"preprocessing.resize {p.resize!r} is not one of {RESIZE_MODES}")
-        if p.resample not in ("bilinear", "bicubic", "lanczos", "nearest", "box"):
+        if p.resample not in RESAMPLE_FILTERS:
             raise BundleError(f"preprocessing.resample {p.resample!r} is not supported")
         if "embedder" not in self.graphs:
             raise BundleError("manifest has no 'embedder' graph")
