@@ -14,8 +14,8 @@ import numpy as np
 
 from distilshot.core.head import PrototypeHead
 from distilshot.core.manifest import Manifest
+from distilshot.core.preprocess import normalise
 from distilshot.serve.engines.base import CHUNK_SIZE, Engine
-from distilshot.serve.images import normalise
 from distilshot.train.data.imageset import ImageSet
 from distilshot.train.samplers import EpisodeSampler
 

@@ -14,12 +14,12 @@ import numpy as np
 import onnx
 
 from distilshot.core.manifest import Graph, Manifest
+from distilshot.core.preprocess import normalise
 from distilshot.errors import DistilshotError
 from distilshot.export.bundle_edit import BundleEdit
 from distilshot.export.engine_parity import compare_engines
 from distilshot.export.formats import FormatReport
 from distilshot.serve.engines.onnxruntime_engine import OnnxRuntimeEngine
-from distilshot.serve.images import normalise
 from distilshot.train.data.registry import load_split
 
 ROLE = "embedder-int8"

@@ -17,6 +17,7 @@ from PIL import Image
 
 from distilshot.core.head import PrototypeHead, Prototypes, softmax, top_k_indices
 from distilshot.core.manifest import load_manifest
+from distilshot.core.preprocess import normalise, to_model_pixels
 from distilshot.errors import DistilshotError, StoreError
 from distilshot.serve.batching import Batcher
 from distilshot.serve.engines import open_engine
@@ -27,13 +28,10 @@ from distilshot.serve.images import (
     ImageSource,
     decoded,
     load_stored_copy,
-    normalise,
     source_name,
     thumbnail_png,
-    to_model_pixels,
 )
-from distilshot.serve.store import ClassInfo, Shot, ShotInfo, SupportStore, UnknownClassError
-from distilshot.serve.store_import import import_shots
+from distilshot.serve.store import ClassInfo, Shot, ShotInfo, SupportStore, UnknownClassError, import_shots
 
 # Files `register_folder` picks up from each class folder; anything else (notes, .DS_Store) is ignored.
 IMAGE_SUFFIXES = frozenset(

@@ -1,11 +1,10 @@
-"""Turning untrusted image input into model pixels.
+"""Untrusted image input: decoding it within limits, and the stored copies of support shots.
 
 `load_image` is the only door for outside images: it checks size limits before decoding (pixels, and
 the bytes the decoded image takes in its colour mode), forces a full decode and raises one `ImageError`
 per problem, each naming the image. `decoded` does the same under a process-wide memory budget, so that
-concurrent requests wait instead of multiplying the per-image limit. `to_model_pixels` and `preprocess`
-implement the preprocessing rule shared with training (which implements it independently; a test
-compares the two bit for bit).
+concurrent requests wait instead of multiplying the per-image limit. `thumbnail_png` makes the stored
+copy of a support shot. What a loaded image becomes as model input is distilshot/core/preprocess.py's rule.
 """
 
 from __future__ import annotations
@@ -19,10 +18,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from distilshot.core.manifest import Preprocessing
+from distilshot.core.preprocess import STRIP_PIXELS, WIDE_INT_MODES, flatten
 from distilshot.errors import DistilshotError, ImageError
 
 ImageSource = str | Path | bytes | Image.Image
@@ -38,8 +36,6 @@ THUMBNAIL_SIDE = 256
 # twice that leaves room for any PNG Pillow writes and none for padding chunks.
 MAX_STORED_COPY_BYTES = 2 * 3 * THUMBNAIL_SIDE**2
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# Pixels converted at a time by `flatten`; its numpy steps take about 30 bytes per pixel of a strip.
-STRIP_PIXELS = 1 << 18
 DECODE_MEMORY_ENV = "DISTILSHOT_DECODE_MEMORY_MB"
 DEFAULT_DECODE_MEMORY_MB = 1024
 
@@ -51,27 +47,7 @@ MODES = frozenset(
     {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "HSV", "I", "F"}
     | {"I;16", "I;16B", "I;16L", "I;16N"}
 )
-_WIDE_INT = ("I", "I;16", "I;16B", "I;16L", "I;16N")
-_TRANSPARENT = ("RGBA", "LA", "PA")
 _ONE_BYTE = ("1", "L", "P")  # Pillow keeps 1 byte per pixel for these, 2 for "I;16*", 4 for the rest
-_ORIENTATION = 0x0112
-# EXIF orientation -> the transposition that makes the image upright (as ImageOps.exif_transpose).
-_UPRIGHT = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-RESAMPLE = {
-    "nearest": Image.Resampling.NEAREST,
-    "box": Image.Resampling.BOX,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-}
 
 
 def source_name(source: ImageSource, index: int) -> str:
@@ -328,78 +304,10 @@ def _decode(image: Image.Image, name: str) -> None:
         raise ImageError(f"{name}: corrupt EXIF metadata ({error})") from None
 
 
-def flatten(image: Image.Image, mode: str) -> Image.Image:
-    """Steps 1-3 of the rule: EXIF orientation applied, transparency composited over white, integer and
-    float modes brought to 8 bits, then Pillow's convert to `mode` ("L" or "RGB").
-
-    Steps 2-3 work pixel by pixel, so they run on strips of rows and the orientation (a permutation of
-    pixels) is applied to the converted result: what this holds besides the source is the result, its
-    upright copy and one strip, where whole-image numpy steps would take 8 bytes per pixel each. The
-    result is `image` itself when nothing needs doing: never modify it in place."""
-    method = _UPRIGHT.get(image.getexif().get(_ORIENTATION, 1))
-    if image.mode != mode:
-        width, height = image.size
-        rows = max(1, STRIP_PIXELS // width)
-        converted = Image.new(mode, image.size)
-        for top in range(0, height, rows):
-            strip = image.crop((0, top, width, min(top + rows, height)))  # keeps palette and info
-            converted.paste(_flat_strip(strip).convert(mode), (0, top))
-        image = converted
-    return image if method is None else image.transpose(method)
-
-
-def _flat_strip(image: Image.Image) -> Image.Image:
-    """Step 2 on a strip: the source's colours with transparency and wide values flattened."""
-    if image.mode in _TRANSPARENT or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    if image.mode in _WIDE_INT:
-        values = np.asarray(image, dtype=np.float64)
-        return Image.fromarray(np.rint(np.clip(values, 0, 65535) / 257).astype(np.uint8))
-    if image.mode == "F":
-        # Float pixels are taken as 0..255 and rounded like the integer modes (NaN counts as 0).
-        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
-        return Image.fromarray(np.rint(np.clip(values, 0, 255)).astype(np.uint8))
-    return image
-
-
-def to_model_pixels(image: Image.Image, prep: Preprocessing) -> np.ndarray:
-    """Steps 1-4 of the rule: uint8 [H, W, C] exactly as the model sees them before normalisation."""
-    image = flatten(image, "L" if prep.channels == 1 else "RGB")
-    if image.size != (prep.width, prep.height):
-        w, h = image.size
-        # Scale the side that needs the larger factor onto its target; written as in the rule
-        # (round(long * target / short)) so both implementations round identically.
-        if prep.height / h >= prep.width / w:
-            size = (round(w * prep.height / h), prep.height)
-        else:
-            size = (prep.width, round(h * prep.width / w))
-        image = image.resize(size, resample=RESAMPLE[prep.resample])
-        left, top = (size[0] - prep.width) // 2, (size[1] - prep.height) // 2
-        image = image.crop((left, top, left + prep.width, top + prep.height))
-    pixels = np.asarray(image, dtype=np.uint8)
-    return pixels[:, :, None] if pixels.ndim == 2 else pixels
-
-
-def normalise(pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
-    """Step 5: uint8 [N, H, W, C] -> float32 [N, C, H, W] = (pixels / 255 - mean) / std."""
-    mean = np.asarray(prep.mean, dtype=np.float32)
-    std = np.asarray(prep.std, dtype=np.float32)
-    x = (pixels.astype(np.float32) / np.float32(255) - mean) / std
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-
-
-def preprocess(images: list[Image.Image], prep: Preprocessing) -> np.ndarray:
-    """The whole rule for a batch: float32 [N, C, H, W]."""
-    if not images:
-        return np.zeros((0, prep.channels, prep.height, prep.width), dtype=np.float32)
-    return normalise(np.stack([to_model_pixels(image, prep) for image in images]), prep)
-
-
 def thumbnail_png(image: Image.Image, max_side: int = THUMBNAIL_SIDE) -> bytes:
     """A PNG copy with the longest side at most `max_side`, upright and flattened, kept with support
     shots so a later model can re-embed them and a gallery can show them."""
-    grey = image.mode in ("1", "L", "F", *_WIDE_INT)  # the modes that flatten to grey
+    grey = image.mode in ("1", "L", "F", *WIDE_INT_MODES)  # the modes that flatten to grey
     flat = flatten(image, "L" if grey else "RGB")
     image = flat.copy() if flat is image else flat  # thumbnail() works in place
     image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)

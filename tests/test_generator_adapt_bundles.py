@@ -111,7 +111,7 @@ def augmented_by_hand(
     import onnxruntime as ort
     from PIL import Image
 
-    from distilshot.serve.images import preprocess
+    from distilshot.core.preprocess import preprocess
 
     manifest = load_manifest(bundle)
     gen = manifest.generators

@@ -1,6 +1,7 @@
-"""Training and serving turn an image into model input by one rule, implemented twice (train/ may not
-import serve/). These tests hold the two implementations to bit-identical pixels on real dataset files
-and on every image mode users send, and to identical normalised input."""
+"""Training and serving turn an image into model input by one rule (distilshot/core/preprocess.py), reached
+through two doors: train/data/decode.py opens dataset files, serve/images.py loads untrusted input. These
+tests hold the two paths to bit-identical pixels on real dataset files and on every image mode users send,
+and to identical normalised input."""
 
 import io
 import os
@@ -11,7 +12,8 @@ import pytest
 from PIL import Image
 
 from distilshot.core.manifest import Preprocessing
-from distilshot.serve.images import load_image, normalise, to_model_pixels
+from distilshot.core.preprocess import normalise, to_model_pixels
+from distilshot.serve.images import load_image
 from distilshot.train.augment import normalize, to_float
 from distilshot.train.data.decode import decode_image
 from distilshot.train.data.registry import dataset_info

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 from serve_fixtures import encode, noise, png_claiming, solid
 
+from distilshot.core import preprocess as rule
 from distilshot.core.manifest import Preprocessing
+from distilshot.core.preprocess import normalise, preprocess, to_model_pixels
 from distilshot.errors import DistilshotError, ImageError
-from distilshot.serve import images
 from distilshot.serve.images import (
     DecodeBudget,
     decode_budget,
@@ -27,10 +28,7 @@ from distilshot.serve.images import (
     decoded_bytes,
     load_image,
     load_stored_copy,
-    normalise,
-    preprocess,
     thumbnail_png,
-    to_model_pixels,
 )
 from distilshot.train.data.decode import decode_image
 
@@ -298,7 +296,8 @@ def peak_rss_mb(script: str, *args: object) -> float:
         import sys
         import numpy as np
         from PIL import Image
-        from distilshot.serve.images import load_image, thumbnail_png, to_model_pixels
+        from distilshot.serve.images import load_image, thumbnail_png
+        from distilshot.core.preprocess import to_model_pixels
         from distilshot.core.manifest import Preprocessing
         def hwm():
             status = open("/proc/self/status").read()
@@ -382,14 +381,42 @@ def strip_parity_images() -> dict[str, Image.Image]:
     }
 
 
+def whole_image_rule(image: Image.Image, size: int, channels: int) -> np.ndarray:
+    """Steps 1-4 of distilshot/core/preprocess.py's rule written out independently, on the whole image
+    and with the orientation applied first (as training implemented it before the rule had one home)."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    elif image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        values = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.rint(np.clip(values, 0, 65535) / 257).astype(np.uint8))
+    elif image.mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
+        image = Image.fromarray(np.rint(np.clip(values, 0, 255)).astype(np.uint8))
+    image = image.convert("L" if channels == 1 else "RGB")
+    width, height = image.size
+    if (width, height) != (size, size):
+        short = min(width, height)
+        if width <= height:
+            image = image.resize((size, round(height * size / short)), Image.Resampling.BILINEAR)
+        else:
+            image = image.resize((round(width * size / short), size), Image.Resampling.BILINEAR)
+        left, top = (image.width - size) // 2, (image.height - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+    return np.asarray(image, dtype=np.uint8).reshape(size, size, channels)
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
-def test_strip_by_strip_conversion_matches_trainings_whole_image_rule(monkeypatch, orientation):
-    monkeypatch.setattr(images, "STRIP_PIXELS", 50)  # a strip of one row: 23 strips per image
+def test_strip_by_strip_conversion_matches_the_whole_image_rule(monkeypatch, orientation):
+    monkeypatch.setattr(rule, "STRIP_PIXELS", 50)  # a strip of one row: 23 strips per image
     for name, image in strip_parity_images().items():
         image.getexif()[0x0112] = orientation
         for size, channels in ((16, 1), (16, 3), (9, 3)):
+            expected = whole_image_rule(image, size, channels)
             served = to_model_pixels(image, prep(size, channels=channels))
-            assert np.array_equal(served, decode_image(image, size, channels)), (name, orientation, size)
+            assert np.array_equal(served, expected), (name, orientation, size)
+            assert np.array_equal(decode_image(image, size, channels), expected), (name, orientation, size)
         thumb = Image.open(io.BytesIO(thumbnail_png(image)))
         upright = (37, 23) if orientation < 5 else (23, 37)
         assert thumb.size == upright and thumb.mode in ("L", "RGB"), name

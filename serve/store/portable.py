@@ -20,7 +20,7 @@ import numpy as np
 
 from distilshot.errors import ImageError, StoreError
 from distilshot.serve.images import load_stored_copy
-from distilshot.serve.store import (
+from distilshot.serve.store.sqlite import (
     APPLICATION_ID,
     MAX_NAME_LENGTH,
     MAX_SOURCE_LENGTH,
