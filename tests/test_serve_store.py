@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from distilshot.errors import StoreError
-from distilshot.serve.store import APPLICATION_ID, SCHEMA_VERSION, Shot, SupportStore
+from distilshot.serve.store import Shot, SupportStore
+from distilshot.serve.store.sqlite_schema import APPLICATION_ID, SCHEMA_VERSION
 
 FP = "a" * 64
 OTHER_FP = "b" * 64

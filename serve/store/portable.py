@@ -1,11 +1,12 @@
-"""Reading exported store files, which may come from anyone, for an import into a store.
+"""Reading store files that `ClassStore.export_to` wrote, which may come from anyone, for an import.
 
-A file is accepted only as a store made by this code would be: exactly our schema, SQLite's full integrity
-check, valid and distinct class names in their stored form, bounded text fields, stored copies that are
-small 8-bit PNGs, and embeddings of one consistent layout (the importing bundle's, when the file claims its
-model). Its vectors are never trusted: `import_shots` recomputes every embedding from the stored copies with
-the importing bundle, so a class cannot bring another class's vectors. Every refusal raises StoreError
-naming the problem before anything is written.
+A file is accepted only as a store made by this code would be: exactly the schema of
+serve/store/sqlite_schema.py, SQLite's full integrity check, valid and distinct class names in their stored
+form, bounded text fields, stored copies that are small 8-bit PNGs, and embeddings of one consistent
+layout (the importing bundle's, when the file claims its model). Its vectors are never trusted:
+`import_shots` recomputes every embedding from the stored copies with the importing bundle, so a class
+cannot bring another class's vectors. Every refusal raises StoreError naming the problem before anything
+is written.
 """
 
 from __future__ import annotations
@@ -20,18 +21,10 @@ import numpy as np
 
 from distilshot.errors import ImageError, StoreError
 from distilshot.serve.images import load_stored_copy
-from distilshot.serve.store.sqlite import (
-    APPLICATION_ID,
-    MAX_NAME_LENGTH,
-    MAX_SOURCE_LENGTH,
-    REEMBED_CHUNK,
-    SCHEMA,
-    SCHEMA_VERSION,
-    SQLITE_MAGIC,
-    Reembedder,
-    Shot,
-    check_class_name,
-)
+from distilshot.serve.store import sqlite_schema as schema
+from distilshot.serve.store.interface import REEMBED_CHUNK, Reembedder
+from distilshot.serve.store.names import MAX_NAME_LENGTH, canonical_classes
+from distilshot.serve.store.records import MAX_SOURCE_LENGTH, Shot
 
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")  # Manifest.fingerprint: a sha256 in hex
 
@@ -49,7 +42,7 @@ class StoreFile:
 def import_shots(
     source: str | Path, fingerprint: str, layout: Mapping[str, int], reembed: Reembedder
 ) -> dict[str, list[Shot]]:
-    """The classes of store file `source` as shots for `SupportStore.register_many`, with embeddings
+    """The classes of store file `source` as shots for `ClassStore.register_many`, with embeddings
     recomputed by `reembed` (the importing bundle, fingerprint `fingerprint`, outputs `layout`)."""
     file = read_store_file(source)
     if file.fingerprint == fingerprint and file.layout != dict(layout):
@@ -70,29 +63,13 @@ def import_shots(
     return shots
 
 
-_EXPECTED_SCHEMA: list[tuple[str, str, str]] = []
-
-
-def _expected_schema() -> list[tuple[str, str, str]]:
-    """(type, name, sql) of every schema object a store holds, from an empty store made in memory."""
-    if not _EXPECTED_SCHEMA:
-        conn = sqlite3.connect(":memory:")
-        for statement in SCHEMA:
-            conn.execute(statement)
-        _EXPECTED_SCHEMA.extend(conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name"))
-        conn.close()
-    return _EXPECTED_SCHEMA
-
-
 def read_store_file(source: str | Path) -> StoreFile:
     """Reads and checks an exported store file (see the module's description)."""
     source = Path(source)
     where = f"store file {source}"
     if not source.is_file():
         raise StoreError(f"{where} does not exist")
-    with open(source, "rb") as f:
-        if f.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
-            raise StoreError(f"{where} is not a distilshot support store")
+    schema.check_header(source, where)
     try:
         conn = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
     except sqlite3.Error as error:
@@ -107,60 +84,58 @@ def read_store_file(source: str | Path) -> StoreFile:
 
 def _read(conn: sqlite3.Connection, where: str) -> StoreFile:
     conn.execute("PRAGMA trusted_schema = OFF")
-    if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
-        raise StoreError(f"{where} is an SQLite file but not a distilshot support store")
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version != SCHEMA_VERSION:
-        raise StoreError(f"{where} has schema version {version}; this distilshot reads {SCHEMA_VERSION}")
+    version = schema.check_identity(conn, where, where)
+    if version != schema.SCHEMA_VERSION:
+        raise StoreError(
+            f"{where} has schema version {version}; this distilshot reads {schema.SCHEMA_VERSION}"
+        )
     if (
         conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
-        != _expected_schema()
+        != schema.expected_schema()
     ):
         raise StoreError(f"{where} has tables, indexes, triggers or views that a store does not have")
     problems = [row[0] for row in conn.execute("PRAGMA integrity_check")]
     if problems != ["ok"]:
         raise StoreError(f"{where} is damaged: {problems[0]}")
-    row = conn.execute("SELECT value FROM metadata WHERE key = 'fingerprint'").fetchone()
-    if row is None or not isinstance(row[0], str) or not _FINGERPRINT.fullmatch(row[0]):
+    fingerprint = schema.read_fingerprint(conn)
+    if not isinstance(fingerprint, str) or not _FINGERPRINT.fullmatch(fingerprint):
         raise StoreError(f"{where} has no valid model fingerprint (64 hex digits); it is damaged")
     empty = conn.execute("SELECT name FROM classes WHERE id NOT IN (SELECT class_id FROM shots)").fetchone()
     if empty is not None:
         raise StoreError(f"{where}: class {empty[0]!r} has no support images; it is damaged")
-    classes: dict[str, list[tuple[str, bytes]]] = {}
-    given: dict[str, str] = {}
-    layout: dict[str, int] | None = None
-    shots = conn.execute(
+    rows = conn.execute(
         "SELECT c.name, s.id, s.source, s.thumbnail FROM shots s JOIN classes c ON c.id = s.class_id "
         "ORDER BY c.name, s.id"
-    )
-    for raw_name, shot_id, shot_source, png in shots:
-        try:
-            name = check_class_name(raw_name)
-        except StoreError as error:
-            raise StoreError(f"{where}: {error}") from None
-        if given.setdefault(name, raw_name) != raw_name:
-            raise StoreError(
-                f"{where}: class names {given[name]!r} and {raw_name!r} are the same name once "
-                "Unicode-normalised (NFC)"
-            )
-        shot = f"{where}: shot {shot_id} of class {name!r}"
-        if not isinstance(shot_source, str) or len(shot_source) > MAX_SOURCE_LENGTH:
-            length = len(shot_source) if isinstance(shot_source, str | bytes) else "?"
-            raise StoreError(
-                f"{shot}: its source must be text of at most {MAX_SOURCE_LENGTH} characters, "
-                f"not {type(shot_source).__name__} of length {length}"
-            )
-        try:
-            load_stored_copy(png, name=shot)
-        except ImageError as error:
-            raise StoreError(str(error)) from None
-        dims = _embedding_layout(conn, shot_id, shot)
-        if layout is None:
-            layout = dims
-        elif dims != layout:
-            raise StoreError(f"{shot} has embeddings {dims}; the file's other shots have {layout}")
-        classes.setdefault(name, []).append((shot_source, png))
-    return StoreFile(row[0], layout or {}, classes)
+    ).fetchall()
+    by_name: dict[str, list[tuple[int, object, object]]] = {}
+    for raw_name, shot_id, shot_source, png in rows:
+        by_name.setdefault(raw_name, []).append((shot_id, shot_source, png))
+    try:
+        named = canonical_classes(by_name)
+    except StoreError as error:
+        raise StoreError(f"{where}: {error}") from None
+    classes: dict[str, list[tuple[str, bytes]]] = {}
+    layout: dict[str, int] | None = None
+    for name, shots in named.items():
+        for shot_id, shot_source, png in shots:
+            shot = f"{where}: shot {shot_id} of class {name!r}"
+            if not isinstance(shot_source, str) or len(shot_source) > MAX_SOURCE_LENGTH:
+                length = len(shot_source) if isinstance(shot_source, str | bytes) else "?"
+                raise StoreError(
+                    f"{shot}: its source must be text of at most {MAX_SOURCE_LENGTH} characters, "
+                    f"not {type(shot_source).__name__} of length {length}"
+                )
+            try:
+                load_stored_copy(png, name=shot)
+            except ImageError as error:
+                raise StoreError(str(error)) from None
+            dims = _embedding_layout(conn, shot_id, shot)
+            if layout is None:
+                layout = dims
+            elif dims != layout:
+                raise StoreError(f"{shot} has embeddings {dims}; the file's other shots have {layout}")
+            classes.setdefault(name, []).append((shot_source, png))
+    return StoreFile(fingerprint, layout or {}, classes)
 
 
 def _embedding_layout(conn: sqlite3.Connection, shot_id: int, shot: str) -> dict[str, int]:
