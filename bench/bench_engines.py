@@ -209,6 +209,7 @@ def trained_run() -> Path | None:
 
 def measure_accuracy(folder: Path, quick: bool) -> dict[str, Any] | None:
     from distilshot.core.manifest import load_manifest
+    from distilshot.export.format_table import ExportOptions
     from distilshot.export.formats import add_formats
 
     source = trained_run()
@@ -224,7 +225,8 @@ def measure_accuracy(folder: Path, quick: bool) -> dict[str, Any] | None:
     shutil.copytree(source / "bundle", bundle)
     manifest = load_manifest(bundle)
     if manifest.role_for("int8") is None:
-        add_formats(bundle, ["int8"], episodes=20, max_drop=100.0)  # the drop is measured below
+        # the drop is measured below
+        add_formats(bundle, ["int8"], ExportOptions(episodes=20, max_drop=100.0))
         manifest = load_manifest(bundle)
     net, _, _ = load_model(source / "checkpoints" / "best.pt")
     reference = OnnxRuntimeEngine(bundle, manifest)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +18,10 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from torch import nn
 
+from distilshot.core.files import sha256_file
 from distilshot.core.manifest import FixedClassifier, Manifest, load_manifest
 from distilshot.errors import DistilshotError
-from distilshot.export.bundle import write_bundle
-from distilshot.export.bundle_edit import BundleEdit
+from distilshot.export.bundle import stage_embedder, staged_folder
 from distilshot.serve.engines.registry import open_engine
 from distilshot.serve.extra_heads import FixedClassifierHead
 from distilshot.serve.store import SupportStore
@@ -138,19 +138,20 @@ def adapt(
     metrics = {
         "adapt fit accuracy": {"mean": 100 * fit, "protocol": f"the {len(images)} stored support images"}
     }
-    out, _ = write_bundle(student, spec, out, metrics, training)
-    with BundleEdit(out) as edit:
-        classifier_graph(student.classifier, edit.staging / CLASSIFIER_FILE)
+    with staged_folder(out) as staging:
+        manifest = stage_embedder(student, spec, staging, metrics, training)
+        classifier_graph(student.classifier, staging / CLASSIFIER_FILE)
         fixed = FixedClassifier(CLASSIFIER_FILE, "embedding", tuple(names))
-        embeddings = open_engine(out, edit.manifest, "onnxruntime").embed(
+        embeddings = open_engine(staging, manifest, "onnxruntime").embed(
             normalize(to_float(images), prep.mean, prep.std).numpy()
         )
-        served = FixedClassifierHead(edit.staging, fixed).logits(embeddings, list(names))
+        served = FixedClassifierHead(staging, fixed).logits(embeddings, list(names))
         diff = float(np.abs(served - logits.numpy()).max())
         if not diff <= tolerance:
             raise DistilshotError(f"the exported student differs from PyTorch by {diff:.2e}")
-        edit.commit(classifier=fixed)
-    return AdaptOutcome(out, names, len(images), fit, diff)
+        files = {**manifest.files, CLASSIFIER_FILE: sha256_file(staging / CLASSIFIER_FILE)}
+        replace(manifest, classifier=fixed, files=files).save(staging)
+    return AdaptOutcome(Path(out), names, len(images), fit, diff)
 
 
 def restore_for(bundle: Path, store: Path, new_store: Path) -> None:

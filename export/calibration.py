@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from distilshot.core.head import PrototypeHead, class_mean, softmax
+from distilshot.core.head import PrototypeHead, softmax
 from distilshot.core.manifest import Calibration, load_manifest
 from distilshot.errors import DistilshotError
-from distilshot.serve.rejection import bundle_features
+from distilshot.export.embeddings import bundle_features
+from distilshot.export.episodes import episode_logits
 from distilshot.train.data.imageset import ImageSet
 from distilshot.train.evaluation import describe_episodes, episode_sampler
 from distilshot.train.plots import plot_reliability
@@ -96,7 +97,7 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     return float((counts / counts.sum() * np.abs(accuracy - mean_confidence)).sum())
 
 
-def episode_logits(
+def protocol_logits(
     head: PrototypeHead,
     features: Mapping[str, np.ndarray],
     data: ImageSet,
@@ -116,12 +117,7 @@ def episode_logits(
         data.class_groups,
         data.drawers,
     )
-    labels = [str(c) for c in range(protocol.n_way)]
-    logits = []
-    for episode in sampler:
-        means = {o: np.stack([class_mean(v[row]) for row in episode.support]) for o, v in features.items()}
-        queries = {o: v[episode.query.ravel()] for o, v in features.items()}
-        logits.append(head.logits(queries, head.prepare(labels, means)))
+    logits = [episode_logits(head, features, e.support, e.query.ravel()) for e in sampler]
     targets = np.repeat(np.arange(protocol.n_way), protocol.n_query)
     return np.concatenate(logits), np.tile(targets, protocol.episodes)
 
@@ -139,22 +135,23 @@ def calibration_protocol(*sets: ImageSet) -> EpisodeProtocol:
 
 
 def calibrate_temperature(
-    bundle_dir: Path | str,
+    folder: Path | str,
     fit: ImageSet,
     test: ImageSet,
     test_features: Mapping[str, np.ndarray],
     plot: Path | None = None,
 ) -> Calibration:
     """Fits and measures the temperature by the rule in this module's docstring and records it in the
-    bundle's head and manifest; `test_features` are the bundle's embeddings of `test` (`fit` may be
-    `test` itself when the dataset has no validation split). Draws the reliability diagram to `plot`."""
-    manifest = load_manifest(bundle_dir)
+    head and manifest of `folder`, the bundle export is staging (export/pipeline.py); `test_features` are
+    its embeddings of `test` (`fit` may be `test` itself when the dataset has no validation split).
+    Draws the reliability diagram to `plot`."""
+    manifest = load_manifest(folder)
     head = PrototypeHead(manifest.head)
     protocol = calibration_protocol(fit, test)
-    fit_features = test_features if fit is test else bundle_features(bundle_dir, fit.images)
+    fit_features = test_features if fit is test else bundle_features(folder, fit.images)
     try:
-        fit_logits, fit_targets = episode_logits(head, fit_features, fit, protocol, seed=0)
-        logits, targets = episode_logits(head, test_features, test, protocol, seed=1)
+        fit_logits, fit_targets = protocol_logits(head, fit_features, fit, protocol, seed=0)
+        logits, targets = protocol_logits(head, test_features, test, protocol, seed=1)
     except ValueError as error:
         raise DistilshotError(
             f"cannot calibrate the temperature on {fit.name} and {test.name}: {error}"
@@ -181,7 +178,7 @@ def calibrate_temperature(
         accuracy=float(measured["calibrated"][1].mean()),
     )
     replace(manifest, head=replace(manifest.head, temperature=temperature), calibration=calibration).save(
-        Path(bundle_dir)
+        Path(folder)
     )
     if plot is not None:
         plot_reliability(

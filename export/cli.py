@@ -1,4 +1,5 @@
-"""`distilshot export`, `train-export`, `generator` and `adapt`. Heavy imports happen inside the commands."""
+"""`distilshot export`, `train-export`, `generator` and `adapt`. Heavy imports (torch) happen inside the
+commands; the format table is read at import, for the help of `--to`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from distilshot.export.format_table import ExportOptions
+from distilshot.export.formats import BUNDLE_FORMAT, add_formats, formats_help, parse_formats
 from distilshot.train.cli import (
     DEFAULT_METHOD,
     BackboneOpt,
@@ -80,29 +83,29 @@ def export(
         Path | None, typer.Argument(help="checkpoint written by distilshot train (or give --bundle)")
     ] = None,
     bundle: Annotated[Path | None, typer.Option(help="add formats to this existing bundle instead")] = None,
-    to: Annotated[
-        str,
-        typer.Option(
-            help="formats, comma-separated: onnx (the bundle itself), int8, openvino, tensorrt, triton"
-        ),
-    ] = "onnx",
+    to: Annotated[str, typer.Option(help=formats_help())] = "onnx",
     out: Annotated[Path | None, typer.Option(help="bundle folder (default: <run>/bundle)")] = None,
     parity_episodes: Annotated[int, typer.Option(help="episodes of the PyTorch parity check")] = 50,
-    check_episodes: Annotated[int, typer.Option(help="evaluation episodes of each format's check")] = 1000,
-    calibration_images: Annotated[int, typer.Option(help="training images that calibrate int8")] = 300,
-    max_int8_drop: Annotated[float, typer.Option(help="5-way 1-shot points int8 may lose")] = 1.0,
+    check_episodes: Annotated[
+        int, typer.Option(help="evaluation episodes of each format's check")
+    ] = ExportOptions.episodes,
+    calibration_images: Annotated[
+        int, typer.Option(help="training images that calibrate int8")
+    ] = ExportOptions.calibration_images,
+    max_int8_drop: Annotated[
+        float, typer.Option(help="5-way 1-shot points int8 may lose")
+    ] = ExportOptions.max_drop,
     overwrite: Annotated[bool, typer.Option(help="replace an existing bundle folder")] = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Export a checkpoint to a bundle (ONNX embedder + manifest.json, checked against PyTorch on real
     images) and/or add deployment formats to a bundle, each checked on the evaluation episodes."""
     from distilshot.errors import DistilshotError
-    from distilshot.export.formats import add_formats, parse_formats
 
     formats = parse_formats(to)
     if (checkpoint is None) == (bundle is None):
         raise DistilshotError("give a CHECKPOINT to export, or --bundle to add formats to, not both")
-    if bundle is not None and formats == ["onnx"]:
+    if bundle is not None and formats == [BUNDLE_FORMAT]:
         raise DistilshotError(f"{bundle} already has its ONNX graph; say which formats to add with --to")
     if check_episodes < 2 or calibration_images < 1:
         raise DistilshotError("--check-episodes must be at least 2 and --calibration-images at least 1")
@@ -112,13 +115,7 @@ def export(
         outcome = export_checkpoint(checkpoint, out, parity_episodes, overwrite)
         bundle = outcome.bundle
         _report(outcome, json_output)
-    reports = add_formats(
-        bundle,
-        formats,
-        episodes=check_episodes,
-        calibration_images=calibration_images,
-        max_drop=max_int8_drop,
-    )
+    reports = add_formats(bundle, formats, ExportOptions(check_episodes, calibration_images, max_int8_drop))
     if reports:
         _print_formats(bundle, reports, json_output)
 
@@ -184,10 +181,8 @@ def train_export(
     json_output: JsonOpt = False,
 ) -> None:
     """Train, evaluate on the held-out classes, export a bundle and check it against PyTorch."""
-    from distilshot.core.files import sha256_file
-    from distilshot.export.pipeline import export_model
-    from distilshot.train.pipeline import default_run_dir, evaluate, train
-    from distilshot.train.report import save_results
+    from distilshot.export.pipeline import train_and_export
+    from distilshot.train.pipeline import default_run_dir
 
     request = request_from_options(
         method,
@@ -204,24 +199,9 @@ def train_export(
         teacher_backbone,
         teacher,
     )
-    outcome = train(request, run_dir or default_run_dir(request))
     classifiers = ("prototype", "logreg") if classifier == "both" else (classifier,)
-    results = evaluate(
-        outcome.model,
-        outcome.spec,
-        classifiers=classifiers,
-        episodes=episodes,
-        plots_dir=outcome.run.path / "plots",
-    )
-    save_results(outcome.run.path, results)
-    training = {
-        "request": request.to_dict(),
-        "stages": {s.name: s.method for s in outcome.stages},
-        "seconds": round(outcome.seconds, 1),
-        "checkpoint_sha256": sha256_file(outcome.run.best),
-    }
-    exported = export_model(outcome.model, outcome.spec, outcome.run.path / "bundle", results, training)
-    _report(exported, json_output, {"run": str(outcome.run.path), "train_seconds": round(outcome.seconds, 1)})
+    trained, exported = train_and_export(request, run_dir or default_run_dir(request), classifiers, episodes)
+    _report(exported, json_output, {"run": str(trained.run.path), "train_seconds": round(trained.seconds, 1)})
 
 
 @app.command()

@@ -14,8 +14,9 @@ import numpy as np
 
 from distilshot.core.head import PrototypeHead
 from distilshot.core.manifest import Manifest
-from distilshot.core.preprocess import normalise
-from distilshot.serve.engines.base import CHUNK_SIZE, Engine
+from distilshot.export.embeddings import embed_images
+from distilshot.export.episodes import episode_logits
+from distilshot.serve.engines.base import Engine
 from distilshot.train.data.imageset import ImageSet
 from distilshot.train.samplers import EpisodeSampler
 
@@ -59,15 +60,6 @@ class Comparison:
         return {**asdict(self), "drop": self.drop, "protocol": self.protocol}
 
 
-def embed_images(engine: Engine, images: np.ndarray, manifest: Manifest) -> dict[str, np.ndarray]:
-    """Embeddings of uint8 [N, H, W, C] images already at the model's input size."""
-    parts = [
-        engine.embed(normalise(images[start : start + CHUNK_SIZE], manifest.preprocessing))
-        for start in range(0, len(images), CHUNK_SIZE)
-    ]
-    return {o.name: np.concatenate([p[o.name] for p in parts]) for o in manifest.embedder.outputs}
-
-
 def compare_engines(
     reference: Engine,
     candidate: Engine,
@@ -93,12 +85,8 @@ def compare_engines(
         truth = np.repeat(np.arange(n_way), 15)
         agree, right_ref, right_cand = [], [], []
         for episode in sampler:
-            s, q = position[episode.support.ravel()], position[episode.query.ravel()]
-            predictions = []
-            for embeddings in (ours, theirs):
-                means = {k: v[s].reshape(n_way, k_shot, -1).mean(1) for k, v in embeddings.items()}
-                protos = head.prepare([str(c) for c in range(n_way)], means)
-                predictions.append(head.logits({k: v[q] for k, v in embeddings.items()}, protos).argmax(1))
+            s, q = position[episode.support], position[episode.query.ravel()]
+            predictions = [episode_logits(head, e, s, q).argmax(1) for e in (ours, theirs)]
             agree.append(np.mean(predictions[0] == predictions[1]))
             right_ref.append(np.mean(predictions[0] == truth))
             right_cand.append(np.mean(predictions[1] == truth))

@@ -1,54 +1,74 @@
-"""`distilshot export --to FORMATS`: what each deployment format adds to a bundle, in dependency order,
-and the report each one returns (files added, checks on real images, notes)."""
+"""`distilshot export --to FORMATS`: parsing the names against the format table (export/format_table.py)
+and adding each format to a bundle in its own staged edit, in the table's order."""
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import difflib
+import functools
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
-from distilshot.errors import DistilshotError
+from distilshot.errors import ConfigError
 
-# format -> module with `add(bundle_dir, **options) -> FormatReport`; the order is the order they run in
-# (openvino converts the int8 graph too, tensorrt checks every ONNX graph, triton packs what exists)
-FORMATS: dict[str, str] = {
-    "int8": "distilshot.export.int8",
-    "openvino": "distilshot.export.openvino_ir",
-    "tensorrt": "distilshot.export.tensorrt_engine",
-    "triton": "distilshot.export.triton_repo",
-}
+# Importing the implementations registers them, in running order: openvino converts the int8 graph too,
+# tensorrt checks every ONNX graph, triton packs what exists.
+from distilshot.export import int8, openvino_ir, tensorrt_engine, triton_repo  # noqa: F401
+from distilshot.export.bundle_edit import BundleEdit
+from distilshot.export.format_table import FORMATS, ExportOptions, FormatReport
+from distilshot.train.data.imageset import ImageSet
+
+BUNDLE_FORMAT = "onnx"  # the bundle's own fp32 graph, written by `export CHECKPOINT`
 
 
-@dataclass
-class FormatReport:
-    format: str
-    files: list[str] = field(default_factory=list)
-    checks: list[dict[str, Any]] = field(default_factory=list)  # Comparison.to_dict() and offline checks
-    notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": self.format, "files": self.files, "checks": self.checks, "notes": self.notes}
+def formats_help() -> str:
+    """The `--to` help, from the table."""
+    added = "; ".join(f.describe() for f in FORMATS.values())
+    return f"formats, comma-separated: {BUNDLE_FORMAT} (the bundle itself); {added}"
 
 
 def parse_formats(text: str) -> list[str]:
-    """ "onnx,int8,..." -> the known formats in running order; "onnx" is the bundle's own graph."""
+    """ "onnx,int8,..." -> the formats in running order; an unknown name is answered with the closest."""
     asked = [f.strip().lower() for f in text.split(",") if f.strip()]
-    unknown = sorted(set(asked) - set(FORMATS) - {"onnx"})
+    known = [BUNDLE_FORMAT, *FORMATS]
+    unknown = sorted(set(asked) - set(known))
     if unknown or not asked:
-        raise DistilshotError(
-            f"unknown export formats {unknown or [text]}; choose from onnx, {', '.join(FORMATS)}"
-        )
-    return [f for f in ("onnx", *FORMATS) if f in asked]
+        close = [m for u in unknown for m in difflib.get_close_matches(u, known, n=1)]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ConfigError(f"unknown export formats {unknown or [text]}{hint}; choose from {', '.join(known)}")
+    return [f for f in known if f in asked]
 
 
-def add_formats(bundle: Path, formats: Sequence[str], **options: Any) -> list[FormatReport]:
-    """Adds each format (other than onnx, which the bundle already has) to the bundle, in order."""
-    reports = []
-    for name in formats:
-        if name == "onnx":
-            continue
-        module = importlib.import_module(FORMATS[name])
-        reports.append(module.add(Path(bundle), **options))
-    return reports
+def add_formats(
+    bundle: Path, formats: Sequence[str], options: ExportOptions | None = None
+) -> list[FormatReport]:
+    """Adds each format (other than onnx, which the bundle already has) to the bundle, in order; the
+    evaluation split is loaded once, when the first check asks for it."""
+    from distilshot.core.manifest import load_manifest
+    from distilshot.train.data.registry import load_split
+
+    @functools.cache
+    def evaluation() -> ImageSet:
+        manifest = load_manifest(bundle, verify=False)
+        return load_split(manifest.dataset, "test", manifest.preprocessing.height)
+
+    options = options or ExportOptions()
+    return [add_format(Path(bundle), name, options, evaluation) for name in formats if name != BUNDLE_FORMAT]
+
+
+def add_format(
+    bundle: Path, name: str, options: ExportOptions, evaluation: Callable[[], ImageSet]
+) -> FormatReport:
+    """One format in one edit: build, check (which may refuse, leaving the bundle unchanged), commit."""
+    fmt = FORMATS[name]
+    with BundleEdit(bundle) as edit:
+        before = set(edit.manifest.files)
+        staged = fmt.build(edit, options)
+        checked = fmt.check(edit, edit.preview(staged.graphs), evaluation, options, staged)
+        metrics = {c.key: c.to_dict() for c in checked.comparisons}
+        new = edit.commit(staged.graphs, metrics, remove=staged.remove)
+    return FormatReport(
+        name,
+        files=sorted(set(new.files) - before),
+        checks=checked.offline + [c.to_dict() for c in checked.comparisons],
+        notes=staged.notes + checked.notes,
+    )

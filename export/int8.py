@@ -7,7 +7,7 @@ TensorRT."""
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +18,15 @@ from distilshot.core.preprocess import normalise
 from distilshot.errors import DistilshotError
 from distilshot.export.bundle_edit import BundleEdit
 from distilshot.export.engine_parity import compare_engines
-from distilshot.export.formats import FormatReport
+from distilshot.export.format_table import Checked, ExportOptions, Staged, export_format
 from distilshot.serve.engines.onnxruntime_engine import OnnxRuntimeEngine
+from distilshot.train.data.imageset import ImageSet
 from distilshot.train.data.registry import load_split
 
 ROLE = "embedder-int8"
 FILE = "embedder-int8.onnx"
 CALIBRATION_IMAGES = 300
 CALIBRATION_BATCH = 50
-MAX_DROP = 1.0  # accuracy points (5-way 1-shot) the int8 graph may lose before export refuses it
 
 
 def calibration_batch(manifest: Manifest, count: int = CALIBRATION_IMAGES, seed: int = 0) -> np.ndarray:
@@ -78,41 +78,47 @@ def quantize_graph(source: Path, target: Path, calibration: np.ndarray, input_na
     onnx.checker.check_model(str(target), full_check=True)
 
 
-def add(
-    bundle: Path,
-    calibration_images: int = CALIBRATION_IMAGES,
-    episodes: int = 1000,
-    max_drop: float = MAX_DROP,
-    **_: object,
-) -> FormatReport:
-    """Adds the int8 graph to `bundle`; refuses (bundle unchanged) if it loses more than `max_drop`
-    points of 5-way 1-shot accuracy against the fp32 graph on the evaluation episodes."""
-    with BundleEdit(bundle) as edit:
-        manifest = edit.manifest
-        embedder = manifest.embedder
-        quantize_graph(
-            bundle / embedder.file,
-            edit.staging / FILE,
-            calibration_batch(manifest, calibration_images),
-            embedder.input,
-        )
-        graph = Graph(FILE, embedder.input, embedder.outputs, precision="int8")
-        preview = edit.preview({ROLE: graph})
-        fp32 = OnnxRuntimeEngine(bundle, preview)
-        int8 = OnnxRuntimeEngine(bundle, preview, precision="int8")
-        data = load_split(manifest.dataset, "test", manifest.preprocessing.height)
-        checks = compare_engines(fp32, int8, preview, data, episodes=episodes)
-        if checks[0].drop > max_drop:
-            raise DistilshotError(
-                f"the int8 graph loses {checks[0].drop:.2f} points of 5-way 1-shot accuracy "
-                f"({checks[0].candidate_accuracy:.2f}% vs {checks[0].reference_accuracy:.2f}% fp32), more "
-                f"than the allowed {max_drop}; the bundle is unchanged"
-            )
-        metrics = {c.key: c.to_dict() for c in checks}
-        new = edit.commit({ROLE: graph}, metrics)
-    return FormatReport(
-        "int8",
-        files=[new.graphs[ROLE].file],
-        checks=[c.to_dict() for c in checks],
-        notes=[f"calibrated on {calibration_images} {manifest.dataset}/train images (MinMax, symmetric)"],
+def build(edit: BundleEdit, options: ExportOptions) -> Staged:
+    """The int8 graph of the bundle's fp32 one, calibrated on `options.calibration_images` training images."""
+    manifest, embedder = edit.manifest, edit.manifest.embedder
+    quantize_graph(
+        edit.dir / embedder.file,
+        edit.staging / FILE,
+        calibration_batch(manifest, options.calibration_images),
+        embedder.input,
     )
+    return Staged(
+        graphs={ROLE: Graph(FILE, embedder.input, embedder.outputs, precision="int8")},
+        notes=[
+            f"calibrated on {options.calibration_images} {manifest.dataset}/train images (MinMax, symmetric)"
+        ],
+    )
+
+
+@export_format(
+    "int8",
+    adds=ROLE,
+    precisions=("int8",),
+    extra="cpu",
+    backends=("onnxruntime", "openvino", "tensorrt", "cuda"),
+    build=build,
+)
+def check(
+    edit: BundleEdit,
+    preview: Manifest,
+    evaluation: Callable[[], ImageSet],
+    options: ExportOptions,
+    staged: Staged,
+) -> Checked:
+    """Refuses the int8 graph if it loses more than `options.max_drop` points of 5-way 1-shot accuracy
+    against the fp32 graph on the evaluation episodes."""
+    fp32 = OnnxRuntimeEngine(edit.dir, preview)
+    int8 = OnnxRuntimeEngine(edit.dir, preview, precision="int8")
+    checks = compare_engines(fp32, int8, preview, evaluation(), episodes=options.episodes)
+    if checks[0].drop > options.max_drop:
+        raise DistilshotError(
+            f"the int8 graph loses {checks[0].drop:.2f} points of 5-way 1-shot accuracy "
+            f"({checks[0].candidate_accuracy:.2f}% vs {checks[0].reference_accuracy:.2f}% fp32), more "
+            f"than the allowed {options.max_drop}; the bundle is unchanged"
+        )
+    return Checked(comparisons=checks)

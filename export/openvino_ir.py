@@ -5,16 +5,16 @@ same evaluation episodes (OpenVINO vs ONNX Runtime) and refuses an IR whose pred
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 
-from distilshot.core.manifest import Graph
+from distilshot.core.manifest import Graph, Manifest
 from distilshot.errors import DistilshotError
 from distilshot.export.bundle_edit import BundleEdit
 from distilshot.export.engine_parity import compare_engines
-from distilshot.export.formats import FormatReport
+from distilshot.export.format_table import Checked, ExportOptions, Staged, export_format
 from distilshot.serve.engines.onnxruntime_engine import OnnxRuntimeEngine
 from distilshot.serve.engines.openvino_engine import INSTALL_HINT, OpenVinoEngine
-from distilshot.train.data.registry import load_split
+from distilshot.train.data.imageset import ImageSet
 
 ROLES = {"fp32": "embedder-openvino", "int8": "embedder-int8-openvino"}
 # least fraction of evaluation queries OpenVINO must classify as ONNX Runtime does, per precision: fp32
@@ -22,51 +22,60 @@ ROLES = {"fp32": "embedder-openvino", "int8": "embedder-int8-openvino"}
 MIN_AGREEMENT = {"fp32": 0.999, "int8": 0.98}
 
 
-def add(bundle: Path, episodes: int = 1000, **_: object) -> FormatReport:
+def build(edit: BundleEdit, options: ExportOptions) -> Staged:
+    """The IR of each ONNX graph it converts (fp32, and int8 where the bundle has it)."""
     try:
         import openvino as ov
     except ImportError:
         raise DistilshotError(f"openvino is not installed: {INSTALL_HINT}") from None
-    with BundleEdit(bundle) as edit:
-        manifest = edit.manifest
-        graphs = {}
-        for precision, role in ROLES.items():
-            source_role = manifest.role_for(precision, "onnx")
-            if source_role is None:
-                continue
-            source = manifest.graphs[source_role]
-            model = ov.convert_model(str(bundle / source.file))
-            # save_model halves weights to fp16 by default; the IR must compute what its source computes
-            ov.save_model(model, str(edit.staging / f"{role}.xml"), compress_to_fp16=False)
-            graphs[role] = Graph(
-                f"{role}.xml",
-                source.input,
-                source.outputs,
-                precision=precision,
-                format="openvino",
-                source=source_role,
-                weights=f"{role}.bin",
-            )
-        preview = edit.preview(graphs)
-        data = load_split(manifest.dataset, "test", manifest.preprocessing.height)
-        checks = []
-        for role, graph in graphs.items():
-            reference = OnnxRuntimeEngine(bundle, preview, precision=graph.precision)
-            candidate = OpenVinoEngine(bundle, preview, precision=graph.precision)
-            for check in compare_engines(reference, candidate, preview, data, episodes=episodes):
-                if check.agreement < MIN_AGREEMENT[graph.precision]:
-                    raise DistilshotError(
-                        f"OpenVINO's {role} agrees with ONNX Runtime on only {100 * check.agreement:.2f}% of "
-                        f"the evaluation queries ({check.protocol}); the bundle is unchanged"
-                    )
-                checks.append(check)
-        metrics = {c.key: c.to_dict() for c in checks}
-        new = edit.commit(graphs, metrics)
-    return FormatReport(
-        "openvino",
-        files=[f for g in graphs for f in (new.graphs[g].file, new.graphs[g].weights) if f],
-        checks=[c.to_dict() for c in checks],
-        notes=[
-            f"OpenVINO {ov.__version__}; weights kept fp32; the CPU plugin runs at f32 inference precision"
-        ],
-    )
+    manifest = edit.manifest
+    graphs = {}
+    for precision, role in ROLES.items():
+        source_role = manifest.role_for(precision, "onnx")
+        if source_role is None:
+            continue
+        source = manifest.graphs[source_role]
+        model = ov.convert_model(str(edit.dir / source.file))
+        # save_model halves weights to fp16 by default; the IR must compute what its source computes
+        ov.save_model(model, str(edit.staging / f"{role}.xml"), compress_to_fp16=False)
+        graphs[role] = Graph(
+            f"{role}.xml",
+            source.input,
+            source.outputs,
+            precision=precision,
+            format="openvino",
+            source=source_role,
+            weights=f"{role}.bin",
+        )
+    notes = [f"OpenVINO {ov.__version__}; weights kept fp32; the CPU plugin runs at f32 inference precision"]
+    return Staged(graphs=graphs, notes=notes)
+
+
+@export_format(
+    "openvino",
+    adds=", ".join(ROLES.values()),
+    precisions=tuple(ROLES),
+    extra="openvino",
+    backends=("openvino",),
+    build=build,
+)
+def check(
+    edit: BundleEdit,
+    preview: Manifest,
+    evaluation: Callable[[], ImageSet],
+    options: ExportOptions,
+    staged: Staged,
+) -> Checked:
+    """Refuses an IR whose predictions disagree with ONNX Runtime's on its source graph."""
+    checks = []
+    for role, graph in staged.graphs.items():
+        reference = OnnxRuntimeEngine(edit.dir, preview, precision=graph.precision)
+        candidate = OpenVinoEngine(edit.dir, preview, precision=graph.precision)
+        for check in compare_engines(reference, candidate, preview, evaluation(), episodes=options.episodes):
+            if check.agreement < MIN_AGREEMENT[graph.precision]:
+                raise DistilshotError(
+                    f"OpenVINO's {role} agrees with ONNX Runtime on only {100 * check.agreement:.2f}% of "
+                    f"the evaluation queries ({check.protocol}); the bundle is unchanged"
+                )
+            checks.append(check)
+    return Checked(comparisons=checks)

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from distilshot.core.head import PrototypeHead
+from distilshot.core.head import PrototypeHead, class_mean
 from distilshot.core.manifest import Head, load_manifest
+from distilshot.export.episodes import episode_logits
 from distilshot.serve.engines.registry import open_engine
 from distilshot.train.augment import normalize, to_float
 from distilshot.train.checkpoint import ModelSpec
@@ -122,11 +123,12 @@ def check_parity(
     ours = {k: v.numpy() for k, v in model.embed(x).items()}
     diffs = {k: float(np.abs(ours[k] - theirs[k]).max()) for k in ours}
     scales = {k: float(np.abs(ours[k]).max()) for k in ours}
-    position = {int(index): row for row, index in enumerate(used)}
+    position = np.full(len(data.labels), -1)
+    position[used] = np.arange(len(used))
     agree = ties = disagree = total = 0
     for episode in sampler:
-        s = [position[int(i)] for i in episode.support.ravel()]
-        q = [position[int(i)] for i in episode.query.ravel()]
+        rows, q = position[episode.support], position[episode.query.ravel()]
+        s = rows.ravel()
         torch_protos = {k: v[s].reshape(n_way, k_shot, -1).mean(1) for k, v in ours.items()}
         torch_logits = prototype_logits(
             {k: torch.from_numpy(v[s]) for k, v in ours.items()},
@@ -135,9 +137,8 @@ def check_parity(
             k_shot,
             model.head(),
         ).numpy()
-        means = {k: v[s].reshape(n_way, k_shot, -1).mean(1) for k, v in theirs.items()}
-        protos = head.prepare([str(c) for c in range(n_way)], means)
-        serve_pred = head.logits({k: v[q] for k, v in theirs.items()}, protos).argmax(1)
+        serve_pred = episode_logits(head, theirs, rows, q).argmax(1)
+        means = {k: np.stack([class_mean(v[r]) for r in rows]) for k, v in theirs.items()}  # as serve's
         bounds = logit_bounds(
             manifest.head,
             ({k: v[q] for k, v in ours.items()}, {k: v[q] for k, v in theirs.items()}),

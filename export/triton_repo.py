@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from distilshot.core.manifest import Manifest
+from distilshot.core.manifest import PRECISIONS, Manifest
 from distilshot.errors import DistilshotError
 from distilshot.export.bundle_edit import BundleEdit
-from distilshot.export.formats import FormatReport
+from distilshot.export.format_table import Checked, ExportOptions, Staged, export_format
 from distilshot.serve.engines.base import CHUNK_SIZE, EngineUnavailable
+from distilshot.train.data.imageset import ImageSet
 
 REPOSITORY = "triton"
 MAX_QUEUE_DELAY_US = 1000
@@ -92,42 +94,53 @@ def validate_config(text: str, folder: str) -> Any:
     return config
 
 
-def add(bundle: Path, **_: object) -> FormatReport:
+def build(edit: BundleEdit, options: ExportOptions) -> Staged:
+    """The repository: one model per ONNX graph and per TensorRT plan this machine built."""
     from distilshot.serve.engines import tensorrt_engine
 
+    bundle, manifest = edit.dir, edit.manifest
     notes = []
-    with BundleEdit(bundle) as edit:
-        manifest = edit.manifest
-        root = edit.staging / REPOSITORY
-        models: dict[str, tuple[str, Path]] = {
-            role: ("onnx", bundle / graph.file)
-            for role, graph in manifest.graphs.items()
-            if graph.format == "onnx"
-        }
-        try:
-            for role, graph in list(manifest.graphs.items()):
-                if graph.format == "onnx":
-                    engine = tensorrt_engine.TensorRTEngine(bundle, manifest, graph.precision)
-                    models[f"{role}-plan"] = ("plan", engine.plan_path)
-            notes.append(f"the plans are for {engine.gpu.name} and this TensorRT version only")
-        except EngineUnavailable as why:
-            notes.append(f"no TensorRT plans ({why}); the repository serves the ONNX graphs")
-        for name, (kind, source) in models.items():
-            folder = root / name
-            (folder / "1").mkdir(parents=True)
-            shutil.copyfile(source, folder / "1" / PLATFORMS[kind][1])
-            text = model_config(manifest, name, kind)
-            validate_config(text, name)
-            (folder / "config.pbtxt").write_text(text)
-        old = [f for f in manifest.files if _in_repository(f)]
-        new = edit.commit(remove=old)
-    files = sorted(f for f in new.files if _in_repository(f) and f not in old)
-    return FormatReport(
-        "triton",
-        files=files,
-        checks=[{"check": "triton-config", "models": sorted(models), "valid": True}],
-        notes=notes,
-    )
+    models: dict[str, tuple[str, Path]] = {
+        role: ("onnx", bundle / graph.file)
+        for role, graph in manifest.graphs.items()
+        if graph.format == "onnx"
+    }
+    try:
+        for role, graph in list(manifest.graphs.items()):
+            if graph.format == "onnx":
+                engine = tensorrt_engine.TensorRTEngine(bundle, manifest, graph.precision)
+                models[f"{role}-plan"] = ("plan", engine.plan_path)
+        notes.append(f"the plans are for {engine.gpu.name} and this TensorRT version only")
+    except EngineUnavailable as why:
+        notes.append(f"no TensorRT plans ({why}); the repository serves the ONNX graphs")
+    for name, (kind, source) in models.items():
+        folder = edit.staging / REPOSITORY / name
+        (folder / "1").mkdir(parents=True)
+        shutil.copyfile(source, folder / "1" / PLATFORMS[kind][1])
+        (folder / "config.pbtxt").write_text(model_config(manifest, name, kind))
+    return Staged(remove=[f for f in manifest.files if _in_repository(f)], notes=notes)
+
+
+@export_format(
+    "triton",
+    adds=f"{REPOSITORY}/, a Triton Inference Server model repository",
+    precisions=PRECISIONS,
+    extra="gpu",
+    backends=(),
+    build=build,
+)
+def check(
+    edit: BundleEdit,
+    preview: Manifest,
+    evaluation: Callable[[], ImageSet],
+    options: ExportOptions,
+    staged: Staged,
+) -> Checked:
+    """Every staged config.pbtxt against Triton's schema and load rules."""
+    models = sorted(p.name for p in (edit.staging / REPOSITORY).iterdir())
+    for name in models:
+        validate_config((edit.staging / REPOSITORY / name / "config.pbtxt").read_text(), name)
+    return Checked(offline=[{"check": "triton-config", "models": models, "valid": True}])
 
 
 def _in_repository(name: str) -> bool:

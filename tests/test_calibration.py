@@ -26,9 +26,10 @@ from distilshot.export.calibration import (
     mean_nll,
     reliability_bins,
 )
+from distilshot.export.embeddings import bundle_features
+from distilshot.export.rejection import calibrate
 from distilshot.serve.api import create_app
 from distilshot.serve.classifier import FewShotClassifier
-from distilshot.serve.rejection import bundle_features, calibrate
 
 DATA = Path(os.environ["DISTILSHOT_DATA"]) / "omniglot" / "images_evaluation"
 
@@ -83,7 +84,8 @@ def exported(tmp_path_factory):
     for i, episode in enumerate(EpisodeSampler(train.labels, 20, 1, 5, 60, seed=0)):
         train_steps(model, make(episode, torch.Generator().manual_seed(i)), 1, lr=1e-2)
     out = tmp_path_factory.mktemp("calibrated") / "bundle"
-    return export_model(model.eval(), spec, out, [], {}, parity_episodes=10)
+    test = load_split("omniglot", "test")
+    return export_model(model.eval(), spec, out, [], {}, test, parity_episodes=10)
 
 
 def test_export_fits_a_temperature_that_lowers_the_ece(exported) -> None:

@@ -17,7 +17,9 @@ from serve_fixtures import write_image
 from distilshot.core.manifest import load_manifest
 from distilshot.errors import BundleError, DistilshotError, StoreError
 from distilshot.export.bundle_edit import LOCK_FILE
-from distilshot.export.engine_parity import compare_engines, embed_images
+from distilshot.export.embeddings import embed_images
+from distilshot.export.engine_parity import compare_engines
+from distilshot.export.format_table import ExportOptions
 from distilshot.export.formats import add_formats, parse_formats
 from distilshot.export.tensorrt_engine import check_graph, supported_ops
 from distilshot.export.triton_repo import model_config, validate_config
@@ -39,7 +41,9 @@ def bundle(trained, tmp_path_factory):
     folder = tmp_path_factory.mktemp("formats") / "bundle"
     shutil.copytree(trained, folder)
     formats = parse_formats("onnx,triton,tensorrt,int8,openvino")
-    reports = add_formats(folder, formats, episodes=EPISODES, max_drop=3.0)  # the tests judge the drop
+    reports = add_formats(
+        folder, formats, ExportOptions(episodes=EPISODES, max_drop=3.0)
+    )  # the tests judge the drop
     return folder, {r.format: r for r in reports}
 
 
@@ -320,7 +324,7 @@ def test_a_failed_check_leaves_the_bundle_unchanged(trained, tmp_path):
     shutil.copytree(trained, folder)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     with pytest.raises(DistilshotError, match="the bundle is unchanged"):
-        add_formats(folder, ["int8"], episodes=5, calibration_images=50, max_drop=-100.0)
+        add_formats(folder, ["int8"], ExportOptions(episodes=5, calibration_images=50, max_drop=-100.0))
     after = {p.name: p.read_bytes() for p in folder.iterdir() if p.name != LOCK_FILE}
     assert after == before  # only the (empty) lock file of the edit remains
 
@@ -355,7 +359,7 @@ def test_a_damaged_int8_graph_is_refused_at_the_default_limit(trained, tmp_path,
     shutil.copytree(trained, folder)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     with pytest.raises(DistilshotError, match=r"loses .* more than the allowed 1.0; the bundle is unchanged"):
-        add_formats(folder, ["int8"], episodes=EPISODES, calibration_images=50)
+        add_formats(folder, ["int8"], ExportOptions(episodes=EPISODES, calibration_images=50))
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.name != LOCK_FILE} == before
 
 

@@ -17,6 +17,7 @@ from distilshot.errors import ConfigError
 from distilshot.train.augment import Augmenter
 from distilshot.train.checkpoint import ModelSpec, load_model
 from distilshot.train.config import TrainConfig
+from distilshot.train.data.imageset import ImageSet
 from distilshot.train.data.registry import dataset_info, load_split
 from distilshot.train.evaluation import (
     PROTOCOLS,
@@ -167,10 +168,12 @@ def evaluate(
     outputs: tuple[str, ...] | None = None,
     plots_dir: Path | None = None,
     protocols: tuple[str, ...] | None = None,
+    data: ImageSet | None = None,
 ) -> list[EvalResult]:
     """The standard settings and protocols of the dataset (or `settings`, `protocols`) on a held-out
-    split. For logreg on datasets trained with augmentation, each support image is tiled
-    `support_augment` times through that augmentation (RFS). `outputs` restricts a multi-output model
+    split: `data` when given (train-export loads the test split once for evaluation and export), else
+    `split` of the model's dataset. For logreg on datasets trained with augmentation, each support image
+    is tiled `support_augment` times through that augmentation (RFS). `outputs` restricts a multi-output model
     (e.g. BML's two views) to some of its embeddings."""
     protocols = protocols or standard_protocols(spec.dataset)
     unknown_protocols = set(protocols) - set(PROTOCOLS)
@@ -186,7 +189,8 @@ def evaluate(
                 f"{spec.method} has no outputs {sorted(unknown)}; it has {list(model.output_names)}"
             )
         head = dataclasses.replace(head, weights={k: w for k, w in head.weights.items() if k in outputs})
-    data = load_split(spec.dataset, split, spec.image_size)
+    if data is None:
+        data = load_split(spec.dataset, split, spec.image_size)
     if "within-alphabet" in protocols and (data.class_groups is None or data.drawers is None):
         raise ConfigError(
             f"the within-alphabet protocol needs alphabets and drawers, which {data.name} does not record "

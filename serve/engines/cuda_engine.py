@@ -11,6 +11,7 @@ from distilshot.core.manifest import Manifest
 from distilshot.errors import DistilshotError
 from distilshot.serve.engines.base import EngineUnavailable
 from distilshot.serve.engines.onnxruntime_engine import CPU, OnnxRuntimeEngine
+from distilshot.serve.engines.registry import backend
 
 PROVIDER = "CUDAExecutionProvider"
 
@@ -23,6 +24,7 @@ def is_available() -> bool:
     return PROVIDER in ort.get_available_providers()
 
 
+@backend("cuda")
 def open_engine(
     bundle_dir: Path, manifest: Manifest, providers: Sequence[str] | None = None, precision: str = "fp32"
 ) -> OnnxRuntimeEngine:

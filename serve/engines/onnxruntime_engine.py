@@ -20,6 +20,7 @@ from distilshot.serve.engines.base import (
     graph_role,
 )
 from distilshot.serve.engines.cache import engine_cache_dir
+from distilshot.serve.engines.registry import backend
 
 INSTALL_HINT = "pip install distilshot[cpu] (or distilshot[gpu] for CUDA)"
 CPU = "CPUExecutionProvider"
@@ -138,6 +139,7 @@ class OnnxRuntimeEngine:
         return embed_in_chunks(run, batch, self._graph, self._chunk_size)
 
 
+@backend("onnxruntime")
 def open_engine(
     bundle_dir: Path, manifest: Manifest, providers: Sequence[str] | None = None, precision: str = "fp32"
 ) -> OnnxRuntimeEngine:

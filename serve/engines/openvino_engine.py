@@ -19,6 +19,7 @@ from distilshot.serve.engines.base import (
     embed_in_chunks,
     graph_role,
 )
+from distilshot.serve.engines.registry import backend
 
 INSTALL_HINT = "pip install distilshot[openvino]"
 DEVICE = "CPU"
@@ -99,6 +100,7 @@ class OpenVinoEngine:
         return embed_in_chunks(run, batch, self._graph, self._chunk_size)
 
 
+@backend("openvino")
 def open_engine(
     bundle_dir: Path, manifest: Manifest, providers: Sequence[str] | None = None, precision: str = "fp32"
 ) -> OpenVinoEngine:

@@ -1,25 +1,23 @@
-"""Choosing an inference backend by name, or `auto`. Each backend module is imported only when chosen and
-provides `is_available() -> bool` (cheap: are its packages installed?) and
-`open_engine(bundle_dir, manifest, providers, precision) -> Engine`, which raises EngineUnavailable when the
-backend cannot run here after all (no GPU, a provider that fell back to the CPU)."""
+"""Choosing an inference backend by name, or `auto`. Each backend module (serve/engines/*_engine.py,
+imported by serve/engines/__init__.py) registers its `open_engine(bundle_dir, manifest, providers,
+precision) -> Engine` with `@backend(name)`, which raises EngineUnavailable when the backend cannot run
+here after all (no GPU, a provider that fell back to the CPU), and provides `is_available() -> bool`
+(cheap: are its packages installed?). Both are looked up on the module when used. Packages a backend
+needs (tensorrt, openvino, onnxruntime) are imported only when it opens."""
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from distilshot.core.manifest import Manifest
 from distilshot.errors import DistilshotError
 from distilshot.serve.engines.base import Engine, EngineUnavailable
 
-# backend name -> module implementing it
-BACKENDS: dict[str, str] = {
-    "tensorrt": "distilshot.serve.engines.tensorrt_engine",
-    "cuda": "distilshot.serve.engines.cuda_engine",
-    "openvino": "distilshot.serve.engines.openvino_engine",
-    "onnxruntime": "distilshot.serve.engines.onnxruntime_engine",
-}
+# backend name -> the module implementing it, filled by @backend
+BACKENDS: dict[str, str] = {}
 # "auto" takes the first backend in this order that opens: GPU engines first, then the CPU ones. On the
 # CPU, int8 graphs go to OpenVINO (ONNX Runtime's int8 CPU kernels are not faster than its fp32 ones;
 # `make bench` measures both) and fp32/fp16 to ONNX Runtime, which starts about a second sooner.
@@ -29,6 +27,17 @@ AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "int8": ("tensorrt", "cuda", "openvino", "onnxruntime"),
 }
 INSTALL_HINT = "pip install distilshot[cpu] or distilshot[gpu]"
+OpenEngine = TypeVar("OpenEngine", bound=Callable[..., Engine])
+
+
+def backend(name: str) -> Callable[[OpenEngine], OpenEngine]:
+    """Registers the decorated `open_engine` of an engine module as backend `name`."""
+
+    def register(open_engine: OpenEngine) -> OpenEngine:
+        BACKENDS[name] = open_engine.__module__
+        return open_engine
+
+    return register
 
 
 def open_engine(

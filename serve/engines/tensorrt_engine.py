@@ -35,6 +35,7 @@ from distilshot.serve.engines.base import (
     graph_role,
 )
 from distilshot.serve.engines.cache import engine_cache_dir
+from distilshot.serve.engines.registry import backend
 
 INSTALL_HINT = "pip install distilshot[gpu] (tensorrt, cuda-bindings, onnxruntime-gpu)"
 REQUIRED = {"tensorrt": "tensorrt", "cuda.bindings": "cuda-bindings"}
@@ -251,6 +252,7 @@ class TensorRTEngine:
             cudart.cudaStreamDestroy(self._stream)
 
 
+@backend("tensorrt")
 def open_engine(
     bundle_dir: Path, manifest: Manifest, providers: Sequence[str] | None = None, precision: str = "fp32"
 ) -> TensorRTEngine:

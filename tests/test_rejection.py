@@ -1,4 +1,4 @@
-"""The rejection threshold rule (serve/rejection.py) on data whose answer is known."""
+"""The rejection threshold rule (export/rejection.py) on data whose answer is known."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from serve_fixtures import make_bundle
 from distilshot.core.head import PrototypeHead
 from distilshot.core.manifest import Head, load_manifest
 from distilshot.errors import DistilshotError
-from distilshot.serve.rejection import calibrate, calibrate_bundle
+from distilshot.export.embeddings import bundle_features
+from distilshot.export.rejection import calibrate, record_rejection
 
 HEAD = PrototypeHead(Head("euclidean", {"e": 1.0}))
 
@@ -54,17 +55,18 @@ def test_too_few_classes_are_refused():
         calibrate(HEAD, features, labels, split="small")
 
 
-def test_calibrate_bundle_records_the_threshold_and_keeps_the_fingerprint(tmp_path):
+def test_record_rejection_records_the_threshold_and_keeps_the_fingerprint(tmp_path):
     bundle = make_bundle(tmp_path / "b")
     before = load_manifest(bundle)
     rng = np.random.default_rng(0)
     colours = rng.integers(0, 256, size=(40, 3))
     labels = np.repeat(np.arange(40), 8)
     images = np.clip(colours[labels][:, None, None, :] + rng.normal(0, 3, (len(labels), 16, 16, 3)), 0, 255)
-    rejection = calibrate_bundle(bundle, images.astype(np.uint8), labels, "colours/test")
+    features = bundle_features(bundle, images.astype(np.uint8))
+    rejection = record_rejection(bundle, features, labels, "colours/test")
     after = load_manifest(bundle)
     assert after.rejection == rejection
     assert after.fingerprint() == before.fingerprint()
     assert rejection.known_accepted > 0.9 and rejection.unknown_rejected > 0.8
     with pytest.raises(DistilshotError, match="calibration images are"):
-        calibrate_bundle(bundle, np.zeros((4, 8, 8, 3), np.uint8), np.arange(4), "wrong size")
+        bundle_features(bundle, np.zeros((4, 8, 8, 3), np.uint8))

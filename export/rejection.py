@@ -25,31 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-from distilshot.core.head import PrototypeHead, class_mean
+from distilshot.core.head import PrototypeHead
 from distilshot.core.manifest import Rejection, load_manifest
 from distilshot.errors import DistilshotError
-from distilshot.serve.engines import open_engine
-from distilshot.serve.engines.base import CHUNK_SIZE
-from distilshot.serve.images import normalise
+from distilshot.export.episodes import episode_logits
 
 TARGET = 0.95
 WAYS = 5
 SHOTS = 1
 QUERIES = 5
 EPISODES = 500
-
-
-def best_logits(
-    head: PrototypeHead,
-    features: Mapping[str, np.ndarray],
-    support: np.ndarray,
-    queries: np.ndarray,
-) -> np.ndarray:
-    """The best logit of each query row against the prototypes of `support` ([ways, shots] row indices)."""
-    ways = len(support)
-    means = {o: np.stack([class_mean(v[row]) for row in support]) for o, v in features.items()}
-    prototypes = head.prepare([str(c) for c in range(ways)], means)
-    return head.logits({o: v[queries] for o, v in features.items()}, prototypes).max(axis=1)
 
 
 def open_set_scores(
@@ -75,7 +60,7 @@ def open_set_scores(
         unknown_q = np.concatenate(
             [rng.choice(rows[int(c)], size=queries, replace=False) for c in picked[ways:]]
         )
-        scores = best_logits(head, features, support, np.concatenate([known_q, unknown_q]))
+        scores = episode_logits(head, features, support, np.concatenate([known_q, unknown_q])).max(axis=1)
         known.append(scores[: len(known_q)])
         unknown.append(scores[len(known_q) :])
     return np.concatenate(known), np.concatenate(unknown)
@@ -123,36 +108,13 @@ def calibrate(
     )
 
 
-def bundle_features(bundle_dir: Path | str, images: np.ndarray) -> dict[str, np.ndarray]:
-    """The embeddings (per output, [N, dim]) of uint8 images [N, H, W, C] at the model's input size, from
-    the bundle's own engine."""
-    manifest = load_manifest(bundle_dir)
-    prep = manifest.preprocessing
-    if images.shape[1:] != (prep.height, prep.width, prep.channels):
-        raise DistilshotError(
-            f"calibration images are {list(images.shape[1:])}; the bundle takes "
-            f"[{prep.height}, {prep.width}, {prep.channels}]"
-        )
-    engine = open_engine(bundle_dir, manifest)
-    parts = [
-        engine.embed(normalise(images[start : start + CHUNK_SIZE], prep))
-        for start in range(0, len(images), CHUNK_SIZE)
-    ]
-    return {o.name: np.concatenate([p[o.name] for p in parts]) for o in manifest.embedder.outputs}
-
-
 def record_rejection(
-    bundle_dir: Path | str, features: Mapping[str, np.ndarray], labels: np.ndarray, split: str
+    folder: Path | str, features: Mapping[str, np.ndarray], labels: np.ndarray, split: str
 ) -> Rejection:
-    """Calibrates the threshold on a held-out split's bundle embeddings (`bundle_features`) under the
-    bundle's current head (its temperature scales the logits) and records it in the manifest."""
-    manifest = load_manifest(bundle_dir)
+    """Calibrates the threshold on a held-out split's embeddings (export.embeddings.bundle_features)
+    under the folder's current head (its temperature scales the logits) and records it in the folder's
+    manifest. Export runs it on the staged folder (export/pipeline.py), before the bundle is published."""
+    manifest = load_manifest(folder)
     rejection = calibrate(PrototypeHead(manifest.head), features, labels, split=split)
-    replace(manifest, rejection=rejection).save(Path(bundle_dir))
+    replace(manifest, rejection=rejection).save(Path(folder))
     return rejection
-
-
-def calibrate_bundle(bundle_dir: Path | str, images: np.ndarray, labels: np.ndarray, split: str) -> Rejection:
-    """Embeds a held-out split (uint8 [N, H, W, C] at the model's input size) with the bundle's own
-    engine, calibrates the threshold on it and records it in the bundle's manifest."""
-    return record_rejection(bundle_dir, bundle_features(bundle_dir, images), labels, split)
