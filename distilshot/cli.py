@@ -1,17 +1,24 @@
 """The `distilshot` command. Subcommands come from the stages and are imported only when they run,
-so serving commands start fast and never import torch."""
+so serving commands start fast and never import torch. It also joins the demo to the server, which
+may not import it."""
 
 from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 import typer.core
 import typer.main
 
 from distilshot.errors import DistilshotError
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from distilshot.serve.classifier import FewShotClassifier
+    from distilshot.serve.security import ApiKeys
 
 # command name -> module whose typer `app` defines it
 COMMANDS: dict[str, str] = {
@@ -28,7 +35,7 @@ COMMANDS: dict[str, str] = {
     "info": "distilshot.serve.cli",
     "export-store": "distilshot.serve.cli",
     "import-store": "distilshot.serve.cli",
-    "serve": "distilshot.demo.cli",
+    "serve": "distilshot.serve.http_cli",
     "demo": "distilshot.demo.cli",
 }
 
@@ -57,9 +64,19 @@ app = typer.Typer(
 )
 
 
+def mount_demo(app: FastAPI, classifier: FewShotClassifier, path: str, keys: ApiKeys | None) -> object:
+    """The Mount hook (serve/http_server.py) that `distilshot serve` and `distilshot demo` hand to the
+    server: serve never imports demo, so the command that maps every stage provides it. Gradio is
+    imported only now, once the server has loaded its classifier."""
+    from distilshot.demo.app import mount_demo
+
+    return mount_demo(app, classifier, path, keys)
+
+
 @app.callback()
-def root() -> None:
+def root(ctx: typer.Context) -> None:
     """Train, export and serve distilled few-shot image classifiers."""
+    ctx.obj = mount_demo
 
 
 def main(argv: list[str] | None = None) -> None:

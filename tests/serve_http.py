@@ -22,7 +22,7 @@ import uvicorn
 from fastapi import FastAPI
 from PIL import Image
 
-from distilshot.demo.cli import listen
+from distilshot.serve.http_server import listen
 
 STARTUP_TIMEOUT_S = 120  # the CPU may be shared; a server that is not up by then has failed
 
