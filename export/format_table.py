@@ -52,9 +52,17 @@ class FormatReport:
         return {"format": self.format, "files": self.files, "checks": self.checks, "notes": self.notes}
 
 
-Build = Callable[[BundleEdit, ExportOptions], Staged]
-# (edit, the manifest with the staged graphs, the evaluation split on first call, options, staged)
-Check = Callable[[BundleEdit, Manifest, Callable[[], ImageSet], ExportOptions, Staged], Checked]
+@dataclass(frozen=True)
+class FormatJob:
+    """What a format's build and check work with."""
+
+    edit: BundleEdit
+    options: ExportOptions
+    evaluation: Callable[[], ImageSet]  # the evaluation split, loaded on the first call
+
+
+Build = Callable[[FormatJob], Staged]
+Check = Callable[[FormatJob, Manifest, Staged], Checked]  # the Manifest: with the staged graphs
 
 
 @dataclass(frozen=True)

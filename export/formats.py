@@ -14,7 +14,7 @@ from distilshot.errors import ConfigError
 # tensorrt checks every ONNX graph, triton packs what exists.
 from distilshot.export import int8, openvino_ir, tensorrt_engine, triton_repo  # noqa: F401
 from distilshot.export.bundle_edit import BundleEdit
-from distilshot.export.format_table import FORMATS, ExportOptions, FormatReport
+from distilshot.export.format_table import FORMATS, ExportOptions, FormatJob, FormatReport
 from distilshot.train.data.imageset import ImageSet
 
 BUNDLE_FORMAT = "onnx"  # the bundle's own fp32 graph, written by `export CHECKPOINT`
@@ -62,8 +62,9 @@ def add_format(
     fmt = FORMATS[name]
     with BundleEdit(bundle) as edit:
         before = set(edit.manifest.files)
-        staged = fmt.build(edit, options)
-        checked = fmt.check(edit, edit.preview(staged.graphs), evaluation, options, staged)
+        job = FormatJob(edit, options, evaluation)
+        staged = fmt.build(job)
+        checked = fmt.check(job, edit.preview(staged.graphs), staged)
         metrics = {c.key: c.to_dict() for c in checked.comparisons}
         new = edit.commit(staged.graphs, metrics, remove=staged.remove)
     return FormatReport(

@@ -7,7 +7,7 @@ TensorRT."""
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +16,9 @@ import onnx
 from distilshot.core.manifest import Graph, Manifest
 from distilshot.core.preprocess import normalise
 from distilshot.errors import DistilshotError
-from distilshot.export.bundle_edit import BundleEdit
 from distilshot.export.engine_parity import compare_engines
-from distilshot.export.format_table import Checked, ExportOptions, Staged, export_format
+from distilshot.export.format_table import Checked, FormatJob, Staged, export_format
 from distilshot.serve.engines.onnxruntime_engine import OnnxRuntimeEngine
-from distilshot.train.data.imageset import ImageSet
 from distilshot.train.data.registry import load_split
 
 ROLE = "embedder-int8"
@@ -78,47 +76,35 @@ def quantize_graph(source: Path, target: Path, calibration: np.ndarray, input_na
     onnx.checker.check_model(str(target), full_check=True)
 
 
-def build(edit: BundleEdit, options: ExportOptions) -> Staged:
+SERVED_BY = ("onnxruntime", "openvino", "tensorrt", "cuda")  # serve backends that run what it adds
+
+
+def build(job: FormatJob) -> Staged:
     """The int8 graph of the bundle's fp32 one, calibrated on `options.calibration_images` training images."""
-    manifest, embedder = edit.manifest, edit.manifest.embedder
+    manifest, embedder, count = job.edit.manifest, job.edit.manifest.embedder, job.options.calibration_images
     quantize_graph(
-        edit.dir / embedder.file,
-        edit.staging / FILE,
-        calibration_batch(manifest, options.calibration_images),
+        job.edit.dir / embedder.file,
+        job.edit.staging / FILE,
+        calibration_batch(manifest, count),
         embedder.input,
     )
     return Staged(
         graphs={ROLE: Graph(FILE, embedder.input, embedder.outputs, precision="int8")},
-        notes=[
-            f"calibrated on {options.calibration_images} {manifest.dataset}/train images (MinMax, symmetric)"
-        ],
+        notes=[f"calibrated on {count} {manifest.dataset}/train images (MinMax, symmetric)"],
     )
 
 
-@export_format(
-    "int8",
-    adds=ROLE,
-    precisions=("int8",),
-    extra="cpu",
-    backends=("onnxruntime", "openvino", "tensorrt", "cuda"),
-    build=build,
-)
-def check(
-    edit: BundleEdit,
-    preview: Manifest,
-    evaluation: Callable[[], ImageSet],
-    options: ExportOptions,
-    staged: Staged,
-) -> Checked:
+@export_format("int8", adds=ROLE, precisions=("int8",), extra="cpu", backends=SERVED_BY, build=build)
+def check(job: FormatJob, preview: Manifest, staged: Staged) -> Checked:
     """Refuses the int8 graph if it loses more than `options.max_drop` points of 5-way 1-shot accuracy
     against the fp32 graph on the evaluation episodes."""
-    fp32 = OnnxRuntimeEngine(edit.dir, preview)
-    int8 = OnnxRuntimeEngine(edit.dir, preview, precision="int8")
-    checks = compare_engines(fp32, int8, preview, evaluation(), episodes=options.episodes)
-    if checks[0].drop > options.max_drop:
+    fp32 = OnnxRuntimeEngine(job.edit.dir, preview)
+    int8 = OnnxRuntimeEngine(job.edit.dir, preview, precision="int8")
+    checks = compare_engines(fp32, int8, preview, job.evaluation(), episodes=job.options.episodes)
+    if checks[0].drop > job.options.max_drop:
         raise DistilshotError(
             f"the int8 graph loses {checks[0].drop:.2f} points of 5-way 1-shot accuracy "
             f"({checks[0].candidate_accuracy:.2f}% vs {checks[0].reference_accuracy:.2f}% fp32), more "
-            f"than the allowed {options.max_drop}; the bundle is unchanged"
+            f"than the allowed {job.options.max_drop}; the bundle is unchanged"
         )
     return Checked(comparisons=checks)

@@ -5,16 +5,12 @@ same evaluation episodes (OpenVINO vs ONNX Runtime) and refuses an IR whose pred
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from distilshot.core.manifest import Graph, Manifest
 from distilshot.errors import DistilshotError
-from distilshot.export.bundle_edit import BundleEdit
 from distilshot.export.engine_parity import compare_engines
-from distilshot.export.format_table import Checked, ExportOptions, Staged, export_format
+from distilshot.export.format_table import Checked, FormatJob, Staged, export_format
 from distilshot.serve.engines.onnxruntime_engine import OnnxRuntimeEngine
 from distilshot.serve.engines.openvino_engine import INSTALL_HINT, OpenVinoEngine
-from distilshot.train.data.imageset import ImageSet
 
 ROLES = {"fp32": "embedder-openvino", "int8": "embedder-int8-openvino"}
 # least fraction of evaluation queries OpenVINO must classify as ONNX Runtime does, per precision: fp32
@@ -22,22 +18,25 @@ ROLES = {"fp32": "embedder-openvino", "int8": "embedder-int8-openvino"}
 MIN_AGREEMENT = {"fp32": 0.999, "int8": 0.98}
 
 
-def build(edit: BundleEdit, options: ExportOptions) -> Staged:
+SERVED_BY = ("openvino",)  # serve backends that run what it adds
+
+
+def build(job: FormatJob) -> Staged:
     """The IR of each ONNX graph it converts (fp32, and int8 where the bundle has it)."""
     try:
         import openvino as ov
     except ImportError:
         raise DistilshotError(f"openvino is not installed: {INSTALL_HINT}") from None
-    manifest = edit.manifest
+    manifest = job.edit.manifest
     graphs = {}
     for precision, role in ROLES.items():
         source_role = manifest.role_for(precision, "onnx")
         if source_role is None:
             continue
         source = manifest.graphs[source_role]
-        model = ov.convert_model(str(edit.dir / source.file))
+        model = ov.convert_model(str(job.edit.dir / source.file))
         # save_model halves weights to fp16 by default; the IR must compute what its source computes
-        ov.save_model(model, str(edit.staging / f"{role}.xml"), compress_to_fp16=False)
+        ov.save_model(model, str(job.edit.staging / f"{role}.xml"), compress_to_fp16=False)
         graphs[role] = Graph(
             f"{role}.xml",
             source.input,
@@ -56,22 +55,18 @@ def build(edit: BundleEdit, options: ExportOptions) -> Staged:
     adds=", ".join(ROLES.values()),
     precisions=tuple(ROLES),
     extra="openvino",
-    backends=("openvino",),
+    backends=SERVED_BY,
     build=build,
 )
-def check(
-    edit: BundleEdit,
-    preview: Manifest,
-    evaluation: Callable[[], ImageSet],
-    options: ExportOptions,
-    staged: Staged,
-) -> Checked:
+def check(job: FormatJob, preview: Manifest, staged: Staged) -> Checked:
     """Refuses an IR whose predictions disagree with ONNX Runtime's on its source graph."""
     checks = []
     for role, graph in staged.graphs.items():
-        reference = OnnxRuntimeEngine(edit.dir, preview, precision=graph.precision)
-        candidate = OpenVinoEngine(edit.dir, preview, precision=graph.precision)
-        for check in compare_engines(reference, candidate, preview, evaluation(), episodes=options.episodes):
+        reference = OnnxRuntimeEngine(job.edit.dir, preview, precision=graph.precision)
+        candidate = OpenVinoEngine(job.edit.dir, preview, precision=graph.precision)
+        for check in compare_engines(
+            reference, candidate, preview, job.evaluation(), episodes=job.options.episodes
+        ):
             if check.agreement < MIN_AGREEMENT[graph.precision]:
                 raise DistilshotError(
                     f"OpenVINO's {role} agrees with ONNX Runtime on only {100 * check.agreement:.2f}% of "

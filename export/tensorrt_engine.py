@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -25,12 +24,10 @@ from onnx import numpy_helper
 
 from distilshot.core.manifest import Graph, Manifest
 from distilshot.errors import DistilshotError
-from distilshot.export.bundle_edit import BundleEdit
 from distilshot.export.engine_parity import compare_engines
-from distilshot.export.format_table import Checked, ExportOptions, Staged, export_format
+from distilshot.export.format_table import Checked, FormatJob, Staged, export_format
 from distilshot.serve.engines.base import EngineUnavailable
 from distilshot.serve.engines.onnxruntime_engine import OnnxRuntimeEngine
-from distilshot.train.data.imageset import ImageSet
 
 ROLE = "embedder-fp16"
 FILE = "embedder-fp16.onnx"
@@ -201,44 +198,34 @@ def onnx_graphs(manifest: Manifest) -> dict[str, Graph]:
     return {role: g for role, g in manifest.graphs.items() if g.format == "onnx"}
 
 
-def build(edit: BundleEdit, options: ExportOptions) -> Staged:
+SERVED_BY = ("tensorrt", "cuda", "onnxruntime", "openvino")  # serve backends that run what it adds
+
+
+def build(job: FormatJob) -> Staged:
     """The fp16 graph of the bundle's fp32 one."""
-    embedder = edit.manifest.embedder
-    onnx.save(to_fp16(onnx.load(edit.dir / embedder.file)), edit.staging / FILE)
+    embedder = job.edit.manifest.embedder
+    onnx.save(to_fp16(onnx.load(job.edit.dir / embedder.file)), job.edit.staging / FILE)
     return Staged(
         graphs={ROLE: Graph(FILE, embedder.input, embedder.outputs, precision="fp16")},
         notes=[f"ONNX operators checked against TensorRT {supported_ops()['tensorrt']}'s list"],
     )
 
 
-@export_format(
-    "tensorrt",
-    adds=ROLE,
-    precisions=("fp16",),
-    extra="gpu",
-    backends=("tensorrt", "cuda", "onnxruntime", "openvino"),
-    build=build,
-)
-def check(
-    edit: BundleEdit,
-    preview: Manifest,
-    evaluation: Callable[[], ImageSet],
-    options: ExportOptions,
-    staged: Staged,
-) -> Checked:
+@export_format("tensorrt", adds=ROLE, precisions=("fp16",), extra="gpu", backends=SERVED_BY, build=build)
+def check(job: FormatJob, preview: Manifest, staged: Staged) -> Checked:
     """The offline checks on every ONNX graph, the fp16 graph against fp32 on the evaluation episodes,
     and, where TensorRT runs, each plan against ONNX Runtime on the same graph."""
     from distilshot.serve.engines import tensorrt_engine
 
-    bundle = edit.dir
+    bundle = job.edit.dir
     offline = [check_graph(onnx.load(bundle / g.file), role) for role, g in onnx_graphs(preview).items()]
     problems = [f"{c.graph}: {p}" for c in offline for p in c.problems]
     if problems:
         raise DistilshotError("TensorRT could not take the bundle's graphs: " + "; ".join(problems))
-    data = evaluation()
+    data = job.evaluation()
     fp32 = OnnxRuntimeEngine(bundle, preview)
     fp16 = OnnxRuntimeEngine(bundle, preview, precision="fp16")
-    checks = compare_engines(fp32, fp16, preview, data, episodes=options.episodes)
+    checks = compare_engines(fp32, fp16, preview, data, episodes=job.options.episodes)
     if checks[0].agreement < FP16_MIN_AGREEMENT:
         raise DistilshotError(f"the fp16 graph disagrees with fp32 ({checks[0].protocol}); bundle unchanged")
     notes = []
@@ -246,7 +233,7 @@ def check(
         for precision in sorted({g.precision for g in onnx_graphs(preview).values()}):
             engine = tensorrt_engine.TensorRTEngine(bundle, preview, precision)
             reference = OnnxRuntimeEngine(bundle, preview, precision=precision)
-            for check in compare_engines(reference, engine, preview, data, episodes=options.episodes):
+            for check in compare_engines(reference, engine, preview, data, episodes=job.options.episodes):
                 if check.agreement < PLAN_MIN_AGREEMENT[precision]:
                     raise DistilshotError(
                         f"the TensorRT plan of {engine.role} disagrees with ONNX Runtime on "

@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from distilshot.core.manifest import PRECISIONS, Manifest
 from distilshot.errors import DistilshotError
-from distilshot.export.bundle_edit import BundleEdit
-from distilshot.export.format_table import Checked, ExportOptions, Staged, export_format
+from distilshot.export.format_table import Checked, FormatJob, Staged, export_format
 from distilshot.serve.engines.base import CHUNK_SIZE, EngineUnavailable
-from distilshot.train.data.imageset import ImageSet
 
 REPOSITORY = "triton"
 MAX_QUEUE_DELAY_US = 1000
@@ -94,11 +91,14 @@ def validate_config(text: str, folder: str) -> Any:
     return config
 
 
-def build(edit: BundleEdit, options: ExportOptions) -> Staged:
+SERVED_BY = ()  # serve backends that run what it adds
+
+
+def build(job: FormatJob) -> Staged:
     """The repository: one model per ONNX graph and per TensorRT plan this machine built."""
     from distilshot.serve.engines import tensorrt_engine
 
-    bundle, manifest = edit.dir, edit.manifest
+    bundle, manifest = job.edit.dir, job.edit.manifest
     notes = []
     models: dict[str, tuple[str, Path]] = {
         role: ("onnx", bundle / graph.file)
@@ -114,7 +114,7 @@ def build(edit: BundleEdit, options: ExportOptions) -> Staged:
     except EngineUnavailable as why:
         notes.append(f"no TensorRT plans ({why}); the repository serves the ONNX graphs")
     for name, (kind, source) in models.items():
-        folder = edit.staging / REPOSITORY / name
+        folder = job.edit.staging / REPOSITORY / name
         (folder / "1").mkdir(parents=True)
         shutil.copyfile(source, folder / "1" / PLATFORMS[kind][1])
         (folder / "config.pbtxt").write_text(model_config(manifest, name, kind))
@@ -126,20 +126,14 @@ def build(edit: BundleEdit, options: ExportOptions) -> Staged:
     adds=f"{REPOSITORY}/, a Triton Inference Server model repository",
     precisions=PRECISIONS,
     extra="gpu",
-    backends=(),
+    backends=SERVED_BY,
     build=build,
 )
-def check(
-    edit: BundleEdit,
-    preview: Manifest,
-    evaluation: Callable[[], ImageSet],
-    options: ExportOptions,
-    staged: Staged,
-) -> Checked:
+def check(job: FormatJob, preview: Manifest, staged: Staged) -> Checked:
     """Every staged config.pbtxt against Triton's schema and load rules."""
-    models = sorted(p.name for p in (edit.staging / REPOSITORY).iterdir())
+    models = sorted(p.name for p in (job.edit.staging / REPOSITORY).iterdir())
     for name in models:
-        validate_config((edit.staging / REPOSITORY / name / "config.pbtxt").read_text(), name)
+        validate_config((job.edit.staging / REPOSITORY / name / "config.pbtxt").read_text(), name)
     return Checked(offline=[{"check": "triton-config", "models": models, "valid": True}])
 
 

@@ -67,7 +67,7 @@ def test_a_wrong_head_or_another_model_is_not_faithful(tmp_path: Path) -> None:
     assert same.faithful and same.disagreements == 0, same
     # serve scores by Euclidean distance, this PyTorch head by cosine: tiny embedding differences, yet
     # predictions differ by more than any rounding explains
-    model.head = lambda: {"metric": "cosine", "weights": {"embedding": 1.0}, "temperature": 1.0}
+    model.head = lambda: Head("cosine", {"embedding": 1.0}, 1.0)
     wrong_head = check_parity(model, spec, bundle, test, episodes=10)
     assert wrong_head.disagreements > 0 and not wrong_head.faithful, wrong_head
     # another model's embeddings are so far off that nearly every query falls inside the band
