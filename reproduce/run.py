@@ -15,7 +15,7 @@ from distilshot_cli import cli
 from published import PUBLISHED
 from timing import log_span
 
-from distilshot.train.recipes import RECIPES
+from distilshot.train.methods import RECIPES
 
 HERE = Path(__file__).resolve().parent
 RUNS = HERE / "runs"
@@ -57,7 +57,7 @@ def evaluate(checkpoint: Path, outputs: str | None = None) -> dict[str, dict]:
 
 def comparisons(method: str, run: Path) -> list[tuple[str, Path, str | None]]:
     """(row label, checkpoint, outputs) of the final model and what it is compared with."""
-    stages = RECIPES[method]
+    stages = RECIPES[method].stages
     rows = [(method, run / "checkpoints" / "best.pt", None)]
     if len(stages) > 1:
         first = stages[0]

@@ -9,24 +9,25 @@ from distilshot.errors import ConfigError
 from distilshot.train import pipeline
 from distilshot.train.backbones import build_backbone
 from distilshot.train.checkpoint import ModelSpec
-from distilshot.train.methods import METHODS, build_method
+from distilshot.train.methods import METHODS, RECIPES, Recipe, Stage, build_method
 from distilshot.train.methods.base import Method
-from distilshot.train.recipes import RECIPES, Stage, TrainRequest
+from distilshot.train.recipes import TrainRequest
 
 TWO_STAGES = (Stage("first", "pretrain"), Stage("second", "protonet", teacher="first", init="first"))
+TWO = Recipe(TWO_STAGES, help="pretrain, then protonet taught by it")
 
 
 def test_every_recipe_names_methods_and_earlier_stages() -> None:
-    for method, stages in RECIPES.items():
+    for method, recipe in RECIPES.items():
         seen: set[str] = set()
-        for stage in stages:
+        for stage in recipe.stages:
             assert stage.method in METHODS, (method, stage)
             assert {stage.teacher, stage.init} <= seen | {None}, (method, stage)
             seen.add(stage.name)
 
 
 def test_requests_route_overrides_params_and_teacher_backbone(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(RECIPES, "two", TWO_STAGES)
+    monkeypatch.setitem(RECIPES, "two", TWO)
     request = TrainRequest(
         "two", overrides={"epochs": 3}, params={"first.rotation_augment": True}, teacher_backbone="resnet12"
     )
@@ -69,7 +70,7 @@ def test_start_from_copies_the_backbone_and_keeps_new_heads() -> None:
 
 
 def test_stages_run_in_order_with_teacher_and_init(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(RECIPES, "two", TWO_STAGES)
+    monkeypatch.setitem(RECIPES, "two", TWO)
     seen = {}
 
     class Spy(pipeline.Trainer):
@@ -100,7 +101,7 @@ def test_stages_run_in_order_with_teacher_and_init(tmp_path: Path, monkeypatch: 
 
 
 def test_a_given_teacher_replaces_the_teaching_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(RECIPES, "two", TWO_STAGES)
+    monkeypatch.setitem(RECIPES, "two", TWO)
     overrides = {"epochs": 1, "steps_per_epoch": 2, "batch_size": 16, "n_way": 5, "val_episodes": 10}
     first = pipeline.train(TrainRequest("pretrain", overrides=overrides), tmp_path / "teacher")
     outcome = pipeline.train(

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from distilshot.core.enums import Augment
+
 
 def to_float(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 [N, H, W, C] -> float32 [N, C, H, W] in [0, 1]."""
@@ -79,13 +81,11 @@ class Augmenter:
     natural images; nothing for characters, whose identity a flip or crop can change."""
 
     def __init__(self, kind: str, image_size: int) -> None:
-        if kind not in ("none", "standard"):
-            raise ValueError(f"augmentation must be 'none' or 'standard', not {kind!r}")
-        self.kind = kind
+        self.kind = Augment.parse(kind, "augment")
         self.padding = max(1, image_size // 8)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if self.kind == "none":
+        if self.kind is Augment.NONE:
             return x
         x = random_crop(x, self.padding, generator)
         x = color_jitter(x, 0.4, generator)

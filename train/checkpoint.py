@@ -14,7 +14,8 @@ import torch
 
 from distilshot.errors import CheckpointError
 from distilshot.train.backbones import build_backbone
-from distilshot.train.methods import Method, build_method
+from distilshot.train.methods import build_method
+from distilshot.train.methods.base import Method
 
 FORMAT = "distilshot-checkpoint"
 VERSION = 1

@@ -1,4 +1,5 @@
-"""`distilshot train` and `distilshot eval`. Heavy imports (torch) happen inside the commands."""
+"""`distilshot train` and `distilshot eval`. The option help lists what the registries hold (methods,
+backbones, datasets, presets, method parameters), so it needs the method classes and thereby torch."""
 
 from __future__ import annotations
 
@@ -8,24 +9,34 @@ from typing import Annotated, Any
 
 import typer
 
+from distilshot.core.enums import Preset
+from distilshot.train.backbones import BACKBONES
+from distilshot.train.config import DEFAULT_METHOD
+from distilshot.train.data.registry import DATASETS
+from distilshot.train.methods import RECIPES, method_params
+
 app = typer.Typer(add_completion=False)
 
-# The best distilled method on Omniglot (README, Results): what `train` and `make train-export` default to
-DEFAULT_METHOD = "bml"
+
+def _params_help() -> str:
+    """The --set keys of every method: KEY for a one-stage method, STAGE.KEY for a multi-stage one."""
+    lines = []
+    for name, recipe in sorted(RECIPES.items()):
+        prefix = len(recipe.stages) > 1
+        keys = [f"{s.name}." * prefix + p for s in recipe.stages for p in method_params(s.method)]
+        lines.append(f"{name}: {', '.join(keys) or '-'}")
+    return "; ".join(lines)
+
 
 MethodOpt = Annotated[
     str,
-    typer.Option(
-        help="pretrain | protonet | bml (global + local view, mutual learning) | skd (gen0 -> gen1 "
-        "self-distillation) | grdd (global learner -> "
-        "relatedness-distilled meta-learner) | refilled (teacher -> distilled small student)"
-    ),
+    typer.Option(help=" | ".join(f"{name} ({recipe.help})" for name, recipe in sorted(RECIPES.items()))),
 ]
-DatasetOpt = Annotated[
-    str, typer.Option(help="omniglot | omniglot-vinyals | cifar-fs | fc100 | mini-imagenet | folder:PATH")
+DatasetOpt = Annotated[str, typer.Option(help=" | ".join([*DATASETS, "folder:PATH"]))]
+BackboneOpt = Annotated[str, typer.Option(help=" | ".join(BACKBONES))]
+PresetOpt = Annotated[
+    str, typer.Option(help=f"{' | '.join(Preset)} (quick: a few CPU minutes; paper: the published schedule)")
 ]
-BackboneOpt = Annotated[str, typer.Option(help="convnet4 | resnet12 | mobilenet-{1.0,0.75,0.5,0.25}")]
-PresetOpt = Annotated[str, typer.Option(help="quick (CPU minutes) | paper (published schedule)")]
 EpochsOpt = Annotated[int | None, typer.Option(help="override the preset's epochs")]
 StepsOpt = Annotated[int | None, typer.Option(help="override episodes/batches per epoch")]
 LrOpt = Annotated[float | None, typer.Option(help="override the learning rate")]
@@ -34,7 +45,10 @@ SeedOpt = Annotated[int, typer.Option(help="seed of initialisation, sampling and
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
 ParamsOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", help="method parameter KEY=VALUE (JSON value), e.g. --set rotation_augment=true"),
+    typer.Option(
+        "--set",
+        help=f"method parameter KEY=VALUE (JSON value), e.g. --set rotation_augment=true; {_params_help()}",
+    ),
 ]
 RunDirOpt = Annotated[Path | None, typer.Option(help="run folder (default runs/<time>-<method>-...)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]

@@ -1,9 +1,10 @@
-"""Methods as sequences of training stages. A stage trains one `Method`; a later stage may start from an
-earlier stage's weights and/or learn from it as a frozen teacher (SKD generation 1 from generation 0,
-GRDD's meta-learner from its global learner). One `distilshot train` runs the whole sequence and keeps
-every stage's checkpoints. A stage that starts from a teacher trained on another backbone cannot take its
-weights; it starts from a twin of the teacher's stage trained on its own backbone (e.g. GRDD's ConvNet-4
-meta-learner taught by a ResNet-12 global learner starts from a ConvNet-4 global learner, as in the paper).
+"""What a training request runs: a method's recipe (registered beside the method, train/methods/*.py) is a
+sequence of training stages. A stage trains one `Method`; a later stage may start from an earlier stage's
+weights and/or learn from it as a frozen teacher (SKD generation 1 from generation 0, GRDD's meta-learner
+from its global learner). One `distilshot train` runs the whole sequence and keeps every stage's
+checkpoints. A stage that starts from a teacher trained on another backbone cannot take its weights; it
+starts from a twin of the teacher's stage trained on its own backbone (e.g. GRDD's ConvNet-4 meta-learner
+taught by a ResNet-12 global learner starts from a ConvNet-4 global learner, as in the paper).
 
 `TrainRequest` is what the user asked for (method, dataset, backbone, preset, overrides); each stage's
 `TrainConfig` is derived from it through the presets of the stage's own method.
@@ -14,38 +15,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from distilshot.core.enums import Preset
 from distilshot.errors import ConfigError
+from distilshot.train.backbones import check_backbone
 from distilshot.train.checkpoint import read_checkpoint
 from distilshot.train.config import TrainConfig
-from distilshot.train.methods import method_params
+from distilshot.train.methods import Stage, method_params, recipe
 from distilshot.train.presets import preset_config
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    method: str
-    teacher: str | None = None  # an earlier stage whose best model is this stage's frozen teacher
-    init: str | None = None  # an earlier stage whose best weights this stage starts from
-
-
-RECIPES: dict[str, tuple[Stage, ...]] = {
-    "pretrain": (Stage("pretrain", "pretrain"),),
-    "protonet": (Stage("protonet", "protonet"),),
-    "bml": (Stage("bml", "bml"),),
-    # SKD: generation 1 starts as a copy of generation 0 and learns from it
-    "skd": (Stage("gen0", "skd-gen0"), Stage("gen1", "skd-gen1", teacher="gen0", init="gen0")),
-    # GRDD: the meta-learner starts from a global learner (the paper's "CL+GR": its stage-2 lr 1e-3 over 15
-    # epochs fine-tunes) and distils the frozen global learner's relatedness
-    "grdd": (Stage("global", "grdd-global"), Stage("meta", "grdd-meta", teacher="global", init="global")),
-    # REFILLED, compress mode: a teacher (any backbone, --teacher-backbone, or an existing --teacher
-    # checkpoint) distilled into the student's embedding, then into its classifier
-    "refilled": (
-        Stage("teacher", "pretrain"),
-        Stage("embed", "refilled-embed", teacher="teacher"),
-        Stage("classify", "refilled-classify", teacher="teacher", init="embed"),
-    ),
-}
 
 
 @dataclass
@@ -53,7 +29,7 @@ class TrainRequest:
     method: str
     dataset: str = "omniglot"
     backbone: str = "convnet4"
-    preset: str = "quick"
+    preset: Preset = Preset.QUICK
     seed: int = 0
     device: str = "auto"
     overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields, for every stage
@@ -62,8 +38,8 @@ class TrainRequest:
     teacher: str | None = None  # a checkpoint that replaces the teaching stages (and sets teacher_backbone)
 
     def __post_init__(self) -> None:
-        if self.method not in RECIPES:
-            raise ConfigError(f"unknown method {self.method!r}; choose one of {sorted(RECIPES)}")
+        recipe(self.method)
+        self.preset = Preset.parse(self.preset, "preset")
         fixed = {"method", "dataset", "preset", "method_params", "backbone", "seed", "device"}
         unknown = set(self.overrides) - ({f.name for f in fields(TrainConfig)} - fixed)
         if unknown:
@@ -77,18 +53,20 @@ class TrainRequest:
                 )
             self.teacher_backbone = backbone
         self._check_params()
+        for stage in self.stages:  # a bad name or option value fails here, before any data loads
+            check_backbone(self.stage_config(stage).backbone)
 
     def _twins(self) -> dict[str, Stage]:
         """{teacher stage: its twin on the student's backbone}, for teachers that students start from
         while the teachers' backbone differs from theirs."""
         if not self.teacher_backbone or self.teacher_backbone == self.backbone:
             return {}
-        recipe = RECIPES[self.method]
-        teachers = {s.teacher for s in recipe if s.teacher}
-        starts = {s.init for s in recipe if s.init}
+        stages = recipe(self.method).stages
+        teachers = {s.teacher for s in stages if s.teacher}
+        starts = {s.init for s in stages if s.init}
         return {
             s.name: replace(s, name=f"{s.name}-{self.backbone}")
-            for s in recipe
+            for s in stages
             if s.name in teachers & starts
         }
 
@@ -97,7 +75,7 @@ class TrainRequest:
         """The recipe's stages, each twin run just before the first stage that starts from it."""
         twins = self._twins()
         stages: list[Stage] = []
-        for stage in RECIPES[self.method]:
+        for stage in recipe(self.method).stages:
             if stage.init in twins:
                 twin = twins[stage.init]
                 if twin not in stages:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from distilshot.core.enums import MemoryFormat, Optimizer, Sampling, Schedule
 from distilshot.errors import ConfigError
 from distilshot.train.augment import Augmenter, normalize, to_float
 from distilshot.train.checkpoint import ModelSpec, load_model, read_checkpoint, save_checkpoint
@@ -38,18 +39,14 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return torch.device(spec)
 
 
-MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
-
-
 def resolve_memory_format(spec: str, device: torch.device) -> torch.memory_format:
     """The layout of weights and batches. `auto` is channels_last on the CPU, where oneDNN's NHWC
     convolutions train ConvNet-4 and ResNet-12 faster than NCHW (bench/bench_training.py measures it), and
     contiguous elsewhere, where it has not been measured."""
-    if spec == "auto":
+    layout = MemoryFormat.parse(spec, "memory_format")
+    if layout is MemoryFormat.AUTO:
         return torch.channels_last if device.type == "cpu" else torch.contiguous_format
-    if spec not in MEMORY_FORMATS:
-        raise ConfigError(f"memory_format must be auto, {' or '.join(MEMORY_FORMATS)}, not {spec!r}")
-    return MEMORY_FORMATS[spec]
+    return torch.channels_last if layout is MemoryFormat.CHANNELS_LAST else torch.contiguous_format
 
 
 def seed_everything(seed: int, epoch: int = 0) -> None:
@@ -57,20 +54,19 @@ def seed_everything(seed: int, epoch: int = 0) -> None:
 
 
 def build_optimizer(model: Method, cfg: TrainConfig, steps_total: int) -> tuple[torch.optim.Optimizer, Any]:
+    """cfg.optimizer and cfg.schedule are enum members: TrainConfig parsed them."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
+    if cfg.optimizer is Optimizer.SGD:
         opt: torch.optim.Optimizer = torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
         )
-    elif cfg.optimizer == "adam":
+    else:  # Optimizer.ADAM
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        raise ConfigError(f"optimizer must be 'sgd' or 'adam', not {cfg.optimizer!r}")
     # schedules advance once per step so that short and long runs follow the same curve
     steps_per_epoch = max(1, steps_total // max(cfg.epochs, 1))
-    if cfg.schedule == "constant":
+    if cfg.schedule is Schedule.CONSTANT:
         factor = lambda step: 1.0  # noqa: E731
-    elif cfg.schedule == "step":
+    elif cfg.schedule is Schedule.STEP:
         milestones = [m * steps_per_epoch for m in cfg.milestones]
         gammas = cfg.gamma if isinstance(cfg.gamma, list) else [cfg.gamma] * len(milestones)
         if len(gammas) != len(milestones):
@@ -78,23 +74,22 @@ def build_optimizer(model: Method, cfg: TrainConfig, steps_total: int) -> tuple[
                 f"gamma lists {len(gammas)} factors for {len(milestones)} milestones; give one per milestone"
             )
         factor = lambda step: math.prod(g for g, m in zip(gammas, milestones, strict=True) if step >= m)  # noqa: E731
-    elif cfg.schedule == "cosine":
+    elif cfg.schedule is Schedule.COSINE:
         factor = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps_total) / steps_total))  # noqa: E731
-    elif cfg.schedule == "poly":
+    else:  # Schedule.POLY
         factor = lambda step: (1 - min(step, steps_total) / steps_total) ** 0.9  # noqa: E731
-    else:
-        raise ConfigError(f"schedule must be constant, step, cosine or poly, not {cfg.schedule!r}")
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 Sampler = EpisodeSampler | ClassBalancedBatchSampler | RandomBatchSampler
 
 
-def build_sampler(sampling: str, cfg: TrainConfig, labels: np.ndarray) -> Sampler:
+def build_sampler(sampling: Sampling, cfg: TrainConfig, labels: np.ndarray) -> Sampler:
     """The sampler a method's `sampling` asks for, sized by the config."""
-    if sampling == "episodes":
+    sampling = Sampling.parse(sampling, "sampling")
+    if sampling is Sampling.EPISODES:
         return EpisodeSampler(labels, cfg.n_way, cfg.k_shot, cfg.n_query, cfg.steps_per_epoch, cfg.seed)
-    if sampling == "balanced":  # n_way classes x k_shot images: every image has same-class peers
+    if sampling is Sampling.BALANCED:  # n_way classes x k_shot images: every image has same-class peers
         batches = cfg.steps_per_epoch or len(labels) // (cfg.n_way * cfg.k_shot)
         return ClassBalancedBatchSampler(labels, cfg.n_way, cfg.k_shot, batches, cfg.seed)
     return RandomBatchSampler(len(labels), cfg.batch_size, cfg.seed, cfg.steps_per_epoch or None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from distilshot.train.backbones import register_backbone
 from distilshot.train.backbones.base import Backbone
 
 
@@ -20,6 +21,7 @@ def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
+@register_backbone("convnet4")
 class ConvNet4(Backbone):
     def __init__(self, in_channels: int, image_size: int, width: int = 64) -> None:
         stages = [conv_block(in_channels if i == 0 else width, width) for i in range(4)]

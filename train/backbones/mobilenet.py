@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from distilshot.train.backbones import register_backbone
 from distilshot.train.backbones.base import Backbone
 
 # (output channels, stride) of the depthwise-separable blocks, grouped into stages at each downsampling
@@ -17,7 +18,6 @@ _STAGES = (
     ((512, 2), (512, 1), (512, 1), (512, 1), (512, 1), (512, 1)),
     ((1024, 2), (1024, 1)),
 )
-WIDTHS = (1.0, 0.75, 0.5, 0.25)
 
 
 def _conv_bn(
@@ -38,6 +38,10 @@ def separable(in_channels: int, out_channels: int, stride: int) -> nn.Sequential
     )
 
 
+@register_backbone("mobilenet-1.0", width=1.0)
+@register_backbone("mobilenet-0.75", width=0.75)
+@register_backbone("mobilenet-0.5", width=0.5)
+@register_backbone("mobilenet-0.25", width=0.25)
 class MobileNet(Backbone):
     def __init__(self, in_channels: int, image_size: int, width: float = 1.0) -> None:
         def scaled(channels: int) -> int:

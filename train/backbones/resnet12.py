@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distilshot.train.backbones import register_backbone
 from distilshot.train.backbones.base import Backbone
 
 
@@ -68,6 +69,7 @@ class ResidualStage(nn.Module):
         return self.regulariser(self.act(self.pool(self.body(x) + self.shortcut(x))))
 
 
+@register_backbone("resnet12")
 class ResNet12(Backbone):
     def __init__(
         self,

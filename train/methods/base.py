@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distilshot.core.enums import Metric, Sampling
 from distilshot.core.manifest import Head
 from distilshot.errors import ConfigError
 from distilshot.train.backbones import Backbone
@@ -46,10 +47,8 @@ class LossOutput:
 
 
 class Method(nn.Module):
-    name: ClassVar[str]
-    # "batches": shuffled labelled batches; "episodes": N-way K-shot Q-query episodes;
-    # "balanced": n_way classes x k_shot images, labelled, no support/query split
-    sampling: ClassVar[str]
+    name: ClassVar[str]  # set by @register_method (train/methods/__init__.py)
+    sampling: ClassVar[Sampling]
     output_names: ClassVar[tuple[str, ...]] = ("embedding",)
     needs_teacher: ClassVar[bool] = False
 
@@ -93,13 +92,13 @@ class Method(nn.Module):
 
     def head(self) -> Head:
         """Serving head: metric, per-output fusion weights, temperature."""
-        return Head(metric="euclidean", weights={"embedding": 1.0}, temperature=1.0)
+        return Head(metric=Metric.EUCLIDEAN, weights={"embedding": 1.0}, temperature=1.0)
 
 
 def cosine_head() -> Head:
     """The head of a feature learned globally or on the unit sphere: cosine similarity to class
     prototypes of the one output, temperature 0.1 (before export calibrates it)."""
-    return Head(metric="cosine", weights={"embedding": 1.0}, temperature=0.1)
+    return Head(metric=Metric.COSINE, weights={"embedding": 1.0}, temperature=0.1)
 
 
 def squared_euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -125,12 +124,13 @@ def prototype_logits(
 ) -> torch.Tensor:
     """Logits of query embeddings against support prototypes under a serving head: the torch twin of the
     numpy head in serve/, used for evaluation and for the export parity check."""
+    metric = Metric.parse(head.metric, "head metric")
     logits = 0
     for name, weight in head.weights.items():
         protos = prototypes(support[name], n_way, k_shot)
-        if head.metric == "cosine":
+        if metric is Metric.COSINE:
             score = F.normalize(query[name], dim=-1) @ F.normalize(protos, dim=-1).T
-        else:
+        else:  # Metric.EUCLIDEAN
             score = -squared_euclidean(query[name], protos)
         logits = logits + weight * score
     return logits / head.temperature

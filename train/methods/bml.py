@@ -10,7 +10,7 @@ backbone's last stage, trained together on one episode per step.
   through ReLU and a square root and is flattened; the two views' negative squared Euclidean distances to
   shot-mean prototypes are summed. That is the serving head: both embeddings are exported, weighted 1 : 1.
 
-Two variants (IMPLEMENTATION-NOTES, "BML" and "Checked against the authors' code"):
+Two variants (README.md, "Methods" and its "BML" section):
 - "code" (default, every preset): what produced the published numbers. Weights 2 : 1 : 0.5 (the code's
   "2_1_0.5"; the paper's 4 : 2 : 1 doubles every gradient, i.e. twice the learning rate under SGD). Support
   maps averaged over shots and positions into one prototype per class, which every query position is
@@ -35,15 +35,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distilshot.core.enums import ConfigEnum, Metric, Sampling, Variant
 from distilshot.core.manifest import Head
 from distilshot.errors import ConfigError
 from distilshot.train.backbones import Backbone
+from distilshot.train.methods import Stage, register_method, register_recipe
 from distilshot.train.methods.base import Batch, LossOutput, Method, accuracy
+from distilshot.train.methods.pretrain import SGD_RFS
 
-PROTOTYPES = ("position", "pooled")
-VARIANTS: dict[str, dict[str, Any]] = {
-    "code": {"weights": (2.0, 1.0, 0.5), "prototypes": "pooled", "skip_confident": True},
-    "paper-text": {"weights": (4.0, 2.0, 1.0), "prototypes": "position", "skip_confident": False},
+
+class Prototypes(ConfigEnum):
+    """What each query position of the local view is compared with (module docstring)."""
+
+    POSITION = "position"  # the shot mean at the same position
+    POOLED = "pooled"  # the shot and position mean
+
+
+VARIANTS: dict[Variant, dict[str, Any]] = {
+    Variant.CODE: {"weights": (2.0, 1.0, 0.5), "prototypes": Prototypes.POOLED, "skip_confident": True},
+    Variant.PAPER_TEXT: {
+        "weights": (4.0, 2.0, 1.0),
+        "prototypes": Prototypes.POSITION,
+        "skip_confident": False,
+    },
 }
 
 
@@ -55,13 +69,17 @@ def dense_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 
 
 def local_distances(
-    support: torch.Tensor, query: torch.Tensor, n_way: int, k_shot: int, prototypes: str = "position"
+    support: torch.Tensor,
+    query: torch.Tensor,
+    n_way: int,
+    k_shot: int,
+    prototypes: Prototypes = Prototypes.POSITION,
 ) -> torch.Tensor:
     """M of Eq. 3 at every query position: squared Euclidean distances [Q, n_way, h*w] from class-major
     support maps [n_way * k_shot, C, h, w] and query maps [Q, C, h, w] (see the module docstring)."""
     q = query.flatten(2)  # [Q, C, P]
     protos = support.flatten(2).reshape(n_way, k_shot, *q.shape[1:]).mean(1)  # [N, C, P]
-    if prototypes == "pooled":
+    if prototypes == Prototypes.POOLED:
         protos = protos.mean(2, keepdim=True).expand_as(protos)
     cross = torch.einsum("qcp,ncp->qnp", q, protos)
     return (q.pow(2).sum(1)[:, None] - 2 * cross + protos.pow(2).sum(1)[None]).clamp_min(0)
@@ -126,9 +144,54 @@ def fresh_copy(stage: nn.Module) -> nn.Module:
     return twin
 
 
+@register_method(
+    "bml",
+    presets={
+        # Zhou et al. 2021, section 4.2: SGD 0.1, momentum 0.9, wd 5e-4, 100 epochs, lr -> 6e-3 at 50 and
+        # -> 1.2e-4 at 70; every step one uniformly drawn 15-way 5-shot 7-query episode, 500 per epoch (the
+        # authors' sampler); the code's loss (module docstring)
+        "paper": {
+            **SGD_RFS,
+            "method_params": {"variant": "code"},
+            "lr": 0.1,
+            "schedule": "step",
+            "milestones": [50, 70],
+            "gamma": [0.06, 0.02],
+            "epochs": 100,
+            "steps_per_epoch": 500,
+            "n_way": 15,
+            "k_shot": 5,
+            "n_query": 7,
+        },
+        # 10 x 100 episodes of 180 images: ~4 CPU minutes on CIFAR-FS at 32 px
+        "quick": {
+            **SGD_RFS,
+            "method_params": {"variant": "code"},
+            "lr": 0.02,  # the paper's 0.1 collapses ConvNet-4's views (reproduce/PRESET-LOG.md)
+            "schedule": "cosine",
+            "epochs": 10,
+            "steps_per_epoch": 100,
+            "n_way": 15,
+            "k_shot": 5,
+            "n_query": 7,
+        },
+    },
+    datasets={
+        # `make train-export`'s default: 60-way 1-shot 1-query episodes over the 3,260 rotation classes,
+        # 17 x 200 in ~10 CPU minutes (the trials: reproduce/PRESET-LOG.md)
+        ("quick", "omniglot"): {
+            "rotated_classes": True,
+            "n_way": 60,
+            "k_shot": 1,
+            "n_query": 1,
+            "lr": 0.1,
+            "epochs": 17,
+            "steps_per_epoch": 200,
+        },
+    },
+)
 class BML(Method):
-    name = "bml"
-    sampling = "episodes"
+    sampling = Sampling.EPISODES
     output_names = ("global", "local")
 
     def __init__(
@@ -143,28 +206,24 @@ class BML(Method):
         temperature: float = 4.0,
         prototypes: str | None = None,
         skip_confident: bool | None = None,
-        variant: str = "code",
+        variant: str = Variant.CODE,
     ) -> None:
         """None: the variant's value (module docstring)."""
         super().__init__(backbone, num_classes)
-        if variant not in VARIANTS:
-            raise ConfigError(f"bml variant must be one of {tuple(VARIANTS)}, not {variant!r}")
-        chosen = VARIANTS[variant]
+        self.variant = Variant.parse(variant, "bml variant")
+        chosen = VARIANTS[self.variant]
         given = (global_weight, local_weight, mutual_weight)
-        prototypes = chosen["prototypes"] if prototypes is None else prototypes
-        skip_confident = chosen["skip_confident"] if skip_confident is None else skip_confident
-        if prototypes not in PROTOTYPES:
-            raise ConfigError(f"bml prototypes must be one of {PROTOTYPES}, not {prototypes!r}")
         if len(backbone.stages) < 2:
             raise ConfigError("bml splits the backbone's last stage off a shared trunk; it needs two stages")
         if temperature <= 0:
             raise ConfigError(f"bml temperature must be positive, not {temperature}")
         self.weights = tuple(d if w is None else w for w, d in zip(given, chosen["weights"], strict=True))
-        self.variant = variant
         self.alpha1, self.alpha2 = alpha1, alpha2
         self.temperature = temperature
-        self.prototypes = prototypes
-        self.skip_confident = skip_confident
+        self.prototypes = (
+            chosen["prototypes"] if prototypes is None else Prototypes.parse(prototypes, "bml prototypes")
+        )
+        self.skip_confident = chosen["skip_confident"] if skip_confident is None else skip_confident
         # self.backbone = shared trunk + the global view's last stage; the local view's own last stage:
         self.local_stage = fresh_copy(backbone.stages[-1])
         self.classifier = nn.Conv2d(backbone.map_shape[0], num_classes, kernel_size=1)
@@ -210,4 +269,7 @@ class BML(Method):
         return {"global": view_embedding(global_map), "local": view_embedding(local_map)}
 
     def head(self) -> Head:
-        return Head(metric="euclidean", weights={"global": 1.0, "local": 1.0}, temperature=1.0)
+        return Head(metric=Metric.EUCLIDEAN, weights={"global": 1.0, "local": 1.0}, temperature=1.0)
+
+
+register_recipe("bml", "global + local view, mutual learning", Stage("bml", "bml"))

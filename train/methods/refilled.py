@@ -6,8 +6,8 @@ knowledge-distillation term against the teacher's nearest-class-mean confidences
 the batch. The teacher needs only an embedding, so it may come from any method, backbone or class set.
 Both steps sample class-balanced batches so that every anchor has same-class neighbours.
 
-Step 1 has two variants (IMPLEMENTATION-NOTES, "Checked against the authors' code"):
-- "code" (default, every preset): the authors' Train.py. Plain (not squared) Euclidean distances of the
+Step 1 has two variants (README.md, "Methods" and its "REFILLED" section):
+- "code" (default, every preset): the authors' training script. Plain (not squared) Euclidean distances of the
   L2-normalised embeddings; the temperature (4) divides both the teacher's and the student's margins; the
   triplets are every (anchor, same-label neighbour, impostor) with 0 < d_ik - d_ij <= 0.2 on the student's
   embedding (pytorch-metric-learning's semi-hard TripletMarginMiner, margin 0.2); the loss is 1000 times
@@ -25,10 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distilshot.core.enums import Sampling, Variant
 from distilshot.core.manifest import Head
 from distilshot.errors import ConfigError
 from distilshot.train.backbones import Backbone
+from distilshot.train.methods import Stage, register_method, register_recipe
 from distilshot.train.methods.base import Batch, LossOutput, Method, accuracy, cosine_head, squared_euclidean
+from distilshot.train.methods.pretrain import SGD_RFS
 
 
 def teacher_embedding(teacher: Method, x: torch.Tensor) -> torch.Tensor:
@@ -39,9 +42,35 @@ def teacher_embedding(teacher: Method, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([outputs[k].to(x.dtype) for k in sorted(outputs)], dim=1)
 
 
-VARIANTS = ("code", "paper-text")  # step 1: the authors' code, or the supplement's text (module docstring)
-TAU = {"code": 4.0, "paper-text": 2.0}
-SCALE = {"code": 1000.0, "paper-text": 1.0}
+TAU = {Variant.CODE: 4.0, Variant.PAPER_TEXT: 2.0}
+SCALE = {Variant.CODE: 1000.0, Variant.PAPER_TEXT: 1.0}
+
+# Supplement 2.1, cross-task: both steps SGD momentum 0.9, batch 128, 200 epochs, lr 0.1 times 0.2 every 50
+# epochs (step 2: teacher temperature 2, lambda 0.01 decaying by exp(-0.05) per epoch: the method's
+# defaults; step 1: the code's loss, tau 4 on both sides). Batches are class-balanced (16 classes x 8) so
+# that every anchor has triplet neighbours.
+_PAPER = {
+    **SGD_RFS,
+    "lr": 0.1,
+    "schedule": "step",
+    "milestones": [50, 100, 150],
+    "gamma": 0.2,
+    "epochs": 200,
+    "steps_per_epoch": 0,
+    "n_way": 16,
+    "k_shot": 8,
+}
+# 6 x 100 balanced batches of 128 per step: ~2-3 CPU minutes each on CIFAR-FS with a ConvNet-4 student
+_QUICK = {
+    **SGD_RFS,
+    "lr": 0.05,
+    "schedule": "cosine",
+    "epochs": 6,
+    "steps_per_epoch": 100,
+    "n_way": 16,
+    "k_shot": 8,
+}
+_CODE = {"method_params": {"variant": "code"}}  # step 1 trains with the code's loss
 
 
 def nearest_impostor_triplets(distances: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -74,12 +103,16 @@ def euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def triplet_kl(
-    student: torch.Tensor, teacher: torch.Tensor, triplets: torch.Tensor, tau: float, variant: str = "code"
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    triplets: torch.Tensor,
+    tau: float,
+    variant: Variant = Variant.CODE,
 ) -> torch.Tensor:
     """Eq. 2-3: KL(Bernoulli(p_T) || Bernoulli(p_S)) per triplet, p = sigmoid((d_ik - d_ij) / tau), of
     L2-normalised embeddings; reduced, and tau applied, as the variant says (module docstring)."""
     i, j, k = triplets.unbind(1)
-    if variant == "code":
+    if variant == Variant.CODE:
         margin_s = (euclidean(student[i], student[k]) - euclidean(student[i], student[j])) / tau
         margin_t = (euclidean(teacher[i], teacher[k]) - euclidean(teacher[i], teacher[j])) / tau
     else:
@@ -89,7 +122,7 @@ def triplet_kl(
     p_t = torch.sigmoid(margin_t)
     log_p_s, log_q_s = F.logsigmoid(margin_s), F.logsigmoid(-margin_s)
     kl = p_t * (torch.log(p_t) - log_p_s) + (1 - p_t) * (torch.log1p(-p_t) - log_q_s)
-    return kl.sum() / (2 * len(kl)) if variant == "code" else kl.sum()
+    return kl.sum() / (2 * len(kl)) if variant == Variant.CODE else kl.sum()
 
 
 def local_kd(
@@ -106,9 +139,9 @@ def local_kd(
     return (log_p_t.exp() * (log_p_t - log_p_s)).sum(1).mean()
 
 
+@register_method("refilled-embed", presets={"paper": {**_PAPER, **_CODE}, "quick": {**_QUICK, **_CODE}})
 class RefilledEmbed(Method):
-    name = "refilled-embed"
-    sampling = "balanced"
+    sampling = Sampling.BALANCED
     needs_teacher = True
 
     def __init__(
@@ -117,23 +150,22 @@ class RefilledEmbed(Method):
         num_classes: int,
         tau: float | None = None,
         scale: float | None = None,
-        variant: str = "code",
+        variant: str = Variant.CODE,
     ) -> None:
         """tau: the temperature (None: 4 for the code, the supplement's cross-task 2 for the paper text);
         scale: loss multiplier (None: the code's 1000 on its mean, 1 on the paper's sum)."""
         super().__init__(backbone, num_classes)
-        if variant not in VARIANTS:
-            raise ConfigError(f"refilled-embed variant must be one of {VARIANTS}, not {variant!r}")
-        self.variant = variant
-        self.tau = TAU[variant] if tau is None else tau
-        self.scale = SCALE[variant] if scale is None else scale
+        self.variant = Variant.parse(variant, "refilled-embed variant")
+        self.tau = TAU[self.variant] if tau is None else tau
+        self.scale = SCALE[self.variant] if scale is None else scale
 
     def loss(self, batch: Batch) -> LossOutput:
-        assert self.teacher is not None, "refilled-embed needs a teacher"
+        if self.teacher is None:
+            raise ConfigError("refilled-embed learns from a teacher; attach one with set_teacher")
         student = F.normalize(self.backbone(batch.images), dim=1)
         teacher = F.normalize(teacher_embedding(self.teacher, batch.images), dim=1)
         with torch.no_grad():
-            if self.variant == "code":
+            if self.variant is Variant.CODE:
                 triplets = semi_hard_triplets(torch.cdist(student, student), batch.labels)
             else:
                 triplets = nearest_impostor_triplets(squared_euclidean(student, student), batch.labels)
@@ -147,9 +179,9 @@ class RefilledEmbed(Method):
         return cosine_head()
 
 
+@register_method("refilled-classify", presets={"paper": _PAPER, "quick": _QUICK})
 class RefilledClassify(Method):
-    name = "refilled-classify"
-    sampling = "balanced"
+    sampling = Sampling.BALANCED
     needs_teacher = True
 
     def __init__(
@@ -172,7 +204,8 @@ class RefilledClassify(Method):
 
     def loss(self, batch: Batch) -> LossOutput:
         """Eq. 6: CE + lambda * KL(p_T(y | x) over the batch's classes || softmax(f_S(x)) over them)."""
-        assert self.teacher is not None, "refilled-classify needs a teacher"
+        if self.teacher is None:
+            raise ConfigError("refilled-classify learns from a teacher; attach one with set_teacher")
         logits = self.classifier(self.backbone(batch.images))
         teacher = F.normalize(teacher_embedding(self.teacher, batch.images), dim=1)
         ce = F.cross_entropy(logits, batch.labels)
@@ -184,3 +217,14 @@ class RefilledClassify(Method):
 
     def head(self) -> Head:
         return cosine_head()
+
+
+# Compress mode: a teacher (any backbone, --teacher-backbone, or an existing --teacher checkpoint) distilled
+# into the student's embedding, then into its classifier
+register_recipe(
+    "refilled",
+    "teacher -> distilled small student",
+    Stage("teacher", "pretrain"),
+    Stage("embed", "refilled-embed", teacher="teacher"),
+    Stage("classify", "refilled-classify", teacher="teacher", init="embed"),
+)
