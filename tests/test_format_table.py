@@ -9,6 +9,7 @@ from distilshot.core.manifest import PRECISIONS
 from distilshot.errors import ConfigError
 from distilshot.export.format_table import FORMATS
 from distilshot.export.formats import BUNDLE_FORMAT, formats_help, parse_formats
+from distilshot.serve.engines.base import EXPORT_HINT
 from distilshot.serve.engines.registry import AUTO_ORDER, BACKENDS
 
 
@@ -18,6 +19,8 @@ def test_the_table_names_serves_backends_and_known_precisions() -> None:
         assert set(fmt.backends) <= set(BACKENDS), fmt.name
         assert fmt.precisions and set(fmt.precisions) <= set(PRECISIONS), fmt.name
     assert set(AUTO_ORDER) == set(PRECISIONS)
+    # serve's hint for a missing graph names the format that adds that precision
+    assert all(precision in FORMATS[name].precisions for precision, name in EXPORT_HINT.items())
     assert all(sorted(order) == sorted(BACKENDS) for order in AUTO_ORDER.values())
 
 
