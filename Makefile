@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CHROMIUM := /usr/bin/chromium
+# The PostgreSQL store's tests start a throw-away cluster with Debian's server binaries.
+POSTGRES := /usr/lib/postgresql/15/bin/initdb
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 # What `make train-export` trains (override on the command line: make train-export METHOD=pretrain ...)
@@ -21,18 +23,21 @@ endif
 
 .PHONY: install train-export test test-fast lint bench results results-refilled results-generators reproduce-cifar-fs clean demo
 
-install: $(STAMP) $(CHROMIUM)
+install: $(STAMP) $(CHROMIUM) $(POSTGRES)
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "distilshot needs Python 3.11")'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[train,cpu,openvino,demo,dev]'
+	$(BIN)/pip install --quiet -e '.[train,cpu,openvino,demo,postgres,dev]'
 	@touch $@
 
 # The demo's browser test (`make test` only) drives Debian's chromium through Playwright (never
 # `playwright install`).
 $(CHROMIUM):
 	$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium
+
+$(POSTGRES):
+	$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql
 
 train-export: $(STAMP)
 	$(BIN)/distilshot train-export --method $(METHOD) --dataset $(DATASET) --backbone $(BACKBONE) --preset $(PRESET) $(ARGS)
