@@ -208,7 +208,7 @@ def build_demo(classifier: FewShotClassifier, *, scoped: bool = False) -> gr.Blo
             register = _register_panel(sketch)
             gallery = _gallery_panel(examples)
         with gr.Tab("Classify"):
-            classify = _classify_panel(sketch, classifier.generators is not None, examples)
+            classify = _classify_panel(sketch, classifier.augmented is not None, examples)
         actions.example_files = classify.example_files
         _wire(blocks, actions, status, drawings, register, gallery, classify)
     return blocks

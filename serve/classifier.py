@@ -7,6 +7,7 @@ stored, and returns plain dataclasses / dicts ready to print or serialise.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,14 +16,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from distilshot.core.head import PrototypeHead, Prototypes, softmax, top_k_indices
+from distilshot.core.head import PrototypeHead, top_k_indices
 from distilshot.core.manifest import load_manifest
 from distilshot.core.preprocess import normalise, to_model_pixels
 from distilshot.errors import DistilshotError, StoreError
 from distilshot.serve.batching import Batcher
 from distilshot.serve.engines import open_engine
 from distilshot.serve.engines.base import CHUNK_SIZE
-from distilshot.serve.extra_heads import FixedClassifierHead, GeneratorEnsemble, ensemble_logits
+from distilshot.serve.extra_heads import FixedClassifierHead, GeneratorEnsemble
 from distilshot.serve.images import (
     THUMBNAIL_SIDE,
     ImageSource,
@@ -31,6 +32,7 @@ from distilshot.serve.images import (
     source_name,
     thumbnail_png,
 )
+from distilshot.serve.scoring import AugmentedScorer, ClassSnapshot, FixedScorer, PrototypeScorer, Scorer
 from distilshot.serve.store import ClassInfo, Shot, ShotInfo, SupportStore, UnknownClassError, import_shots
 
 # Files `register_folder` picks up from each class folder; anything else (notes, .DS_Store) is ignored.
@@ -125,19 +127,28 @@ class FewShotClassifier:
         self.manifest = load_manifest(self.bundle_dir)
         self.engine = open_engine(self.bundle_dir, self.manifest, backend, providers, precision)
         self.head = PrototypeHead(self.manifest.head)
-        self.batcher = Batcher(self._embed, self.head, CHUNK_SIZE)
-        rejection = self.manifest.rejection
-        self.threshold = None if rejection is None else rejection.threshold
+        self.batcher = Batcher(self._embed, CHUNK_SIZE)
         reembedder = self._reembed_stored if reembed else None
         layout = {o.name: o.dim for o in self.manifest.embedder.outputs}
         self.store = SupportStore(
             store_path, self.manifest.fingerprint(self.engine.role), reembedder, layout=layout
         )
-        self._prepared: tuple[object, Prototypes] | None = None
         m = self.manifest
-        self.generators = None if m.generators is None else GeneratorEnsemble(self.bundle_dir, m.generators)
-        self.fixed = None if m.classifier is None else FixedClassifierHead(self.bundle_dir, m.classifier)
-        self._augmented: tuple[object, list[dict[str, np.ndarray]]] | None = None
+        self.plain = PrototypeScorer(self.head, None if m.rejection is None else m.rejection.threshold)
+        self.augmented = (
+            None
+            if m.generators is None
+            else AugmentedScorer(
+                self.head,
+                GeneratorEnsemble(self.bundle_dir, m.generators),
+                lambda label: self.store.shot_embeddings(label)[1],
+            )
+        )
+        self.fixed = (
+            None if m.classifier is None else FixedScorer(FixedClassifierHead(self.bundle_dir, m.classifier))
+        )
+        self._snapshot: ClassSnapshot | None = None
+        self._snapshot_lock = threading.Lock()
 
     def close(self) -> None:
         self.store.close()
@@ -224,8 +235,9 @@ class FewShotClassifier:
         With `augment`, every class is completed with the bundle's generated features before its
         prototype is taken (most useful at 1-2 shots); when the registered classes are exactly those of
         the bundle's fixed classifier, that classifier decides. The calibrated threshold belongs to the
-        plain prototype head, so those two answer "unknown" only for an explicit `threshold`."""
-        if augment and self.generators is None:
+        plain prototype head, so those two answer "unknown" only for an explicit `threshold`
+        (serve/scoring.py holds each one's rule)."""
+        if augment and self.augmented is None:
             raise DistilshotError(
                 f"bundle {self.bundle_dir} has no feature generator; add one with "
                 f"`distilshot generator --bundle {self.bundle_dir}`"
@@ -234,42 +246,49 @@ class FewShotClassifier:
             raise DistilshotError(f"top_k must be at least 1 and a whole number, not {top_k!r}")
         if threshold is not None and not np.isfinite(threshold):
             raise DistilshotError(f"threshold must be a finite number, not {threshold!r}")
-        explicit = threshold is not None
-        threshold = self.threshold if threshold is None else float(threshold)
         image_names, pixels, _ = self._read(images, names, thumbnails=False)
-        labels, means = self.store.prototypes()
-        if not labels:
+        classes = self._classes()
+        if not classes.labels:
             raise DistilshotError("no classes are registered yet; register some support images first")
         if not image_names:
             return []
-        if augment or (self.fixed is not None and self.fixed.applies_to(labels)):
-            embeddings, _ = self.batcher.run(pixels, None)
-            if augment:
-                scores, logits = ensemble_logits(
-                    self.head, labels, self._augmented_means(labels, means), embeddings
-                )
-            else:
-                logits = self.fixed.logits(embeddings, labels)
-                scores = softmax(logits)
-            threshold = threshold if explicit else None
-        else:
-            embeddings, logits = self.batcher.run(pixels, self._prototypes(labels, means))
-            assert logits is not None
-            scores = softmax(logits)
-        best = top_k_indices(scores, top_k)
+        embeddings = self.batcher.run(pixels)
+        scores = self._scorer(augment, classes.labels).score(
+            classes, embeddings, None if threshold is None else float(threshold)
+        )
+        labels, probabilities, logits = classes.labels, scores.probabilities, scores.logits
+        best = top_k_indices(probabilities, top_k)
         return [
             Prediction(
                 image=image,
-                top_k=[(labels[c], float(scores[row, c])) for c in best[row]],
+                top_k=[(labels[c], float(probabilities[row, c])) for c in best[row]],
                 logits=[float(logits[row, c]) for c in best[row]],
-                unknown=threshold is not None and float(logits[row, best[row, 0]]) < threshold,
-                threshold=threshold,
+                unknown=scores.threshold is not None and float(logits[row, best[row, 0]]) < scores.threshold,
+                threshold=scores.threshold,
                 nearest=(
                     [self._nearest_shot(labels[c], embeddings, row) for c in best[row]] if nearest else []
                 ),
             )
             for row, image in enumerate(image_names)
         ]
+
+    def _scorer(self, augment: bool, labels: list[str]) -> Scorer:
+        if augment and self.augmented is not None:
+            return self.augmented
+        if self.fixed is not None and self.fixed.applies_to(labels):
+            return self.fixed
+        return self.plain
+
+    def _classes(self) -> ClassSnapshot:
+        """The registered classes, numbered: the store hands back the same prototype objects until it
+        changes (serve/store/interface.py), so other objects are the next version."""
+        labels, means = self.store.prototypes()
+        with self._snapshot_lock:
+            snapshot = self._snapshot
+            if snapshot is None or snapshot.means is not means:
+                version = 0 if snapshot is None else snapshot.version + 1
+                snapshot = self._snapshot = ClassSnapshot(version, labels, means)
+            return snapshot
 
     def _nearest_shot(self, label: str, queries: Mapping[str, np.ndarray], row: int) -> int | None:
         """The id of class `label`'s support shot with the highest logit for query `row` (None if the class
@@ -281,26 +300,6 @@ class FewShotClassifier:
         shots = self.head.prepare([str(i) for i in ids], vectors)
         logits = self.head.logits({o: v[row : row + 1] for o, v in queries.items()}, shots)
         return ids[int(np.argmax(logits[0]))]
-
-    def _augmented_means(
-        self, labels: list[str], means: dict[str, np.ndarray]
-    ) -> list[dict[str, np.ndarray]]:
-        # generated per store state, like the plain prototypes (the noise is a function of each class)
-        augmented = self._augmented
-        if augmented is None or augmented[0] is not means:
-            assert self.generators is not None
-            shots = {label: self.store.shot_embeddings(label)[1] for label in labels}
-            augmented = (means, self.generators.member_means(labels, shots))
-            self._augmented = augmented
-        return augmented[1]
-
-    def _prototypes(self, labels: list[str], means: dict[str, np.ndarray]) -> Prototypes:
-        # The store hands back the same `means` object until it changes, so prepare once per change.
-        prepared = self._prepared
-        if prepared is None or prepared[0] is not means:
-            prepared = (means, self.head.prepare(labels, means))
-            self._prepared = prepared
-        return prepared[1]
 
     # -- images -------------------------------------------------------------------------------------
 
@@ -327,18 +326,15 @@ class FewShotClassifier:
         return image_names, np.stack(pixels) if pixels else np.zeros(shape, np.uint8), thumbs
 
     def _embed(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        # Normalise chunk by chunk so the float copy never exceeds one engine chunk.
-        parts = [
-            self.engine.embed(normalise(pixels[start : start + CHUNK_SIZE], self.manifest.preprocessing))
-            for start in range(0, len(pixels), CHUNK_SIZE)
-        ]
-        return {o.name: np.concatenate([p[o.name] for p in parts]) for o in self.manifest.embedder.outputs}
+        """One Batcher batch (at most CHUNK_SIZE images) through the engine."""
+        embedded = self.engine.embed(normalise(pixels, self.manifest.preprocessing))
+        return {o.name: embedded[o.name] for o in self.manifest.embedder.outputs}
 
     def _shots(self, images: Sequence[ImageSource], names: Sequence[str] | None) -> list[Shot]:
         image_names, pixels, thumbs = self._read(images, names, thumbnails=True)
         if not image_names:
             return []
-        embeddings, _ = self.batcher.run(pixels)
+        embeddings = self.batcher.run(pixels)
         return [
             Shot(
                 source=Path(name).name if isinstance(source, str | Path) else name,
@@ -363,8 +359,7 @@ class FewShotClassifier:
                     "faithfully; register the original images in a new store instead"
                 )
             pixels.append(to_model_pixels(image, prep))
-        embeddings, _ = self.batcher.run(np.stack(pixels))
-        return embeddings
+        return self.batcher.run(np.stack(pixels))
 
     # -- description --------------------------------------------------------------------------------
 

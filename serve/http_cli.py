@@ -28,12 +28,17 @@ Reembed = Annotated[
     typer.Option("--reembed", help="If the store holds another model's embeddings, re-embed its images."),
 ]
 MaxRequestMb = Annotated[int, typer.Option("--max-request-mb", help="Largest request body accepted, MiB.")]
+
+
+def _without_default(flag: str, help: str) -> typer.models.OptionInfo:
+    """An option whose default (none) the help does not show."""
+    return typer.Option(flag, help=help, show_default=False)
+
+
 ApiKeysFile = Annotated[
     Path | None,
-    typer.Option(
-        "--api-keys",
-        help="File of API keys, one read:KEY or admin:KEY a line (or set DISTILSHOT_API_KEYS).",
-        show_default=False,
+    _without_default(
+        "--api-keys", "File of API keys, one read:KEY or admin:KEY a line (or set DISTILSHOT_API_KEYS)."
     ),
 ]
 InsecureNoAuth = Annotated[
@@ -42,18 +47,16 @@ InsecureNoAuth = Annotated[
 ]
 AllowedHosts = Annotated[
     list[str] | None,
-    typer.Option(
+    _without_default(
         "--allowed-host",
-        help="A Host name clients use for this server (repeatable; loopback names always; * any).",
-        show_default=False,
+        "A Host name clients use for this server (repeatable; loopback names always; * any).",
     ),
 ]
 CorsOrigins = Annotated[
     list[str] | None,
-    typer.Option(
+    _without_default(
         "--cors-origin",
-        help="An origin (https://host[:port]) whose pages may call the API (repeatable; default none).",
-        show_default=False,
+        "An origin (https://host[:port]) whose pages may call the API (repeatable; default none).",
     ),
 ]
 WriteLimit = Annotated[

@@ -151,13 +151,14 @@ def test_batcher_combines_concurrent_calls_and_returns_each_its_own_rows():
         return {"e": pixels.reshape(len(pixels), -1)[:, :2].astype(np.float32)}
 
     head = PrototypeHead(Head("euclidean", {"e": 1.0}))
-    batcher = Batcher(slow_embed, head, max_images=64)
+    batcher = Batcher(slow_embed, max_images=64)
     prototypes = head.prepare(["a", "b"], {"e": np.array([[0, 0], [10, 10]], np.float32)})
     results: dict[int, tuple] = {}
 
     def call(i: int) -> None:
         pixels = np.full((1 + i % 3, 2, 1, 1), i, np.uint8)
-        results[i] = batcher.run(pixels, prototypes if i % 2 else None)
+        embeddings = batcher.run(pixels)  # scored per call: the batcher only embeds
+        results[i] = embeddings, head.logits(embeddings, prototypes) if i % 2 else None
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(24)]
     for thread in threads:
@@ -176,7 +177,6 @@ def test_batcher_combines_concurrent_calls_and_returns_each_its_own_rows():
 
 
 def test_a_failing_batch_fails_every_caller_and_the_batcher_goes_on():
-    head = PrototypeHead(Head("euclidean", {"e": 1.0}))
     fail = threading.Event()
 
     def embed(pixels: np.ndarray) -> dict[str, np.ndarray]:
@@ -184,9 +184,9 @@ def test_a_failing_batch_fails_every_caller_and_the_batcher_goes_on():
             raise RuntimeError("engine broke")
         return {"e": pixels.reshape(len(pixels), -1).astype(np.float32)}
 
-    batcher = Batcher(embed, head)
+    batcher = Batcher(embed)
     fail.set()
     with pytest.raises(RuntimeError, match="engine broke"):
         batcher.run(np.zeros((1, 1, 1, 1), np.uint8))
     fail.clear()
-    assert batcher.run(np.ones((2, 1, 1, 1), np.uint8))[0]["e"].tolist() == [[1.0], [1.0]]
+    assert batcher.run(np.ones((2, 1, 1, 1), np.uint8))["e"].tolist() == [[1.0], [1.0]]
