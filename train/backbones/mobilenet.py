@@ -38,10 +38,11 @@ def separable(in_channels: int, out_channels: int, stride: int) -> nn.Sequential
     )
 
 
-@register_backbone("mobilenet-1.0", width=1.0)
-@register_backbone("mobilenet-0.75", width=0.75)
-@register_backbone("mobilenet-0.5", width=0.5)
+# decorators apply bottom-up: the registry (and the CLI's help) lists the widest first
 @register_backbone("mobilenet-0.25", width=0.25)
+@register_backbone("mobilenet-0.5", width=0.5)
+@register_backbone("mobilenet-0.75", width=0.75)
+@register_backbone("mobilenet-1.0", width=1.0)
 class MobileNet(Backbone):
     def __init__(self, in_channels: int, image_size: int, width: float = 1.0) -> None:
         def scaled(channels: int) -> int:
