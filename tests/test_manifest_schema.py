@@ -12,7 +12,15 @@ import jsonschema
 import pytest
 from serve_fixtures import make_bundle
 
-from distilshot.core.manifest import Calibration, FixedClassifier, Generators, Rejection, load_manifest
+from distilshot.core.manifest import (
+    Calibration,
+    FixedClassifier,
+    Generators,
+    HeadGraph,
+    PreprocessGraph,
+    Rejection,
+    load_manifest,
+)
 from distilshot.core.manifest_schema import manifest_schema
 
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "docs" / "manifest.schema.json"
@@ -33,6 +41,8 @@ def full_manifest(tmp_path: Path) -> dict:
         calibration=Calibration(0.5, 1.0, "20-way 1-shot", "val", "test", 15, 0.02, 0.3, 0.4, 1.2, 0.9),
         generators=Generators(("generator-0.onnx",), "global", 4, 8, 16, "weaken-student"),
         classifier=FixedClassifier("classifier.onnx", "global", ("a", "b")),
+        preprocess_graph=PreprocessGraph("preprocess.onnx", 3),
+        head_graph=HeadGraph("head.onnx"),
     )
     return json.loads(json.dumps(full.to_dict()))
 
@@ -49,6 +59,7 @@ def test_a_full_manifest_satisfies_the_schema(full_manifest: dict) -> None:
         (("preprocessing", "height"), "32"),
         (("graphs", "embedder", "precision"), "int4"),
         (("calibration", "bins"), 1.5),
+        (("preprocess_graph", "channels"), "3"),
     ],
 )
 def test_a_malformed_manifest_does_not(full_manifest: dict, path: tuple[str, ...], value: object) -> None:

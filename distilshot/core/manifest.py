@@ -137,6 +137,31 @@ class FixedClassifier:
 
 
 @dataclass(frozen=True)
+class PreprocessGraph:
+    """`preprocessing` as an ONNX graph (export/pixels_graph.py), for apps without Pillow: input `input`
+    uint8 [N, H, W, channels], channels last, rows top to bottom, any H and W (one size per batch) ->
+    the embedder's input, float32 NCHW at the preprocessing's size; it runs in front of any engine of
+    the embedder. Decoding, EXIF orientation, compositing over white and conversion to `channels` stay
+    the app's, in the integer formulas README "Edge" gives."""
+
+    file: str
+    channels: int
+    input: str = "pixels"
+    layout: str = "NHWC"
+
+
+@dataclass(frozen=True)
+class HeadGraph:
+    """`head` as an ONNX graph (export/head_graph.py): inputs, per weighted embedder output o, `o`
+    [N, D] (query embeddings) and `o` + `prototypes_suffix` [K, D] (class means, in the app's class
+    order); output `output` [N, K], the head's logits at its (calibrated) temperature."""
+
+    file: str
+    output: str = "logits"
+    prototypes_suffix: str = "_prototypes"
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     method: str
@@ -153,6 +178,8 @@ class Manifest:
     generators: Generators | None = None
     classifier: FixedClassifier | None = None
     calibration: Calibration | None = None
+    preprocess_graph: PreprocessGraph | None = None
+    head_graph: HeadGraph | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -230,6 +257,8 @@ class Manifest:
                 generators=_generators(data.get("generators")),
                 classifier=_classifier(data.get("classifier")),
                 calibration=_calibration(data.get("calibration")),
+                preprocess_graph=_preprocess_graph(data.get("preprocess_graph")),
+                head_graph=_head_graph(data.get("head_graph")),
             )
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
             raise BundleError(f"manifest is malformed: {error!r}") from None
@@ -292,6 +321,15 @@ class Manifest:
                     "classifier must read an embedder output and name at least two distinct labels"
                 )
             extra_files.append(c.file)
+        if self.preprocess_graph is not None:
+            g = self.preprocess_graph
+            if g.channels != p.channels or g.layout != "NHWC":
+                raise BundleError(
+                    f"preprocess_graph must take NHWC pixels with the preprocessing's {p.channels} channels"
+                )
+            extra_files.append(g.file)
+        if self.head_graph is not None:
+            extra_files.append(self.head_graph.file)
         for file in extra_files:
             if file not in self.files:
                 raise BundleError(f"file {file!r} has no sha256 in manifest.files")
@@ -393,6 +431,25 @@ def _generators(data: dict[str, Any] | None) -> Generators | None:
         noise_dim=int(data["noise_dim"]),
         k_max=int(data["k_max"]),
         schedule=str(data["schedule"]),
+    )
+
+
+def _preprocess_graph(data: dict[str, Any] | None) -> PreprocessGraph | None:
+    if data is None:
+        return None
+    return PreprocessGraph(
+        file=str(data["file"]),
+        channels=int(data["channels"]),
+        input=str(data["input"]),
+        layout=str(data["layout"]),
+    )
+
+
+def _head_graph(data: dict[str, Any] | None) -> HeadGraph | None:
+    if data is None:
+        return None
+    return HeadGraph(
+        file=str(data["file"]), output=str(data["output"]), prototypes_suffix=str(data["prototypes_suffix"])
     )
 
 
