@@ -13,12 +13,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distilshot.core.enums import Metric
 from distilshot.core.files import sha256_file, write_json_atomic
 from distilshot.errors import BundleError
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
-METRICS = ("euclidean", "cosine")
+METRICS = tuple(metric.value for metric in Metric)  # as plain strings, in the enum's order
 RESIZE_MODES = ("shorter-side-center-crop",)
 RESAMPLE_FILTERS = ("bilinear", "bicubic", "lanczos", "nearest", "box")  # Pillow's, by name
 PRECISIONS = ("fp32", "fp16", "int8")
