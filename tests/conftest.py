@@ -19,6 +19,7 @@ os.environ.setdefault("DISTILSHOT_CACHE", str(REPO / ".pytest_cache" / "distilsh
 os.environ["DISTILSHOT_OFFLINE"] = "1"
 
 from device_fixtures import cpu_only, no_cuda_reason  # noqa: E402, F401 (fixtures for every module)
+from postgres_fixture import postgres_server, postgres_url, store_backend  # noqa: E402, F401
 from trained_fixture import trained_run  # noqa: E402, F401
 
 # Every test of these modules trains or exports a model (or shares a module fixture that does).

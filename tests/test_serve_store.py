@@ -1,4 +1,5 @@
-"""SupportStore rules: every refusal changes nothing, every change is one transaction."""
+"""Store rules, for both backends (SQLite files and PostgreSQL databases, through `store_backend` of
+tests/postgres_fixture.py): every refusal changes nothing, every change is one transaction."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import sqlite3
 
 import numpy as np
 import pytest
+from postgres_fixture import StoreBackend
 
 from distilshot.errors import StoreError
-from distilshot.serve.store import Shot, SupportStore
+from distilshot.serve.store import Shot, SupportStore, open_store
 from distilshot.serve.store.sqlite_schema import APPLICATION_ID, SCHEMA_VERSION
 
 FP = "a" * 64
@@ -32,9 +34,14 @@ def path(tmp_path):
     return p
 
 
-def rows(p) -> list:
-    with sqlite3.connect(p) as conn:
-        return list(conn.iterdump())
+@pytest.fixture
+def location(store_backend: StoreBackend) -> str:
+    """A store of either backend with two classes, closed so its contents are settled."""
+    location = store_backend.new()
+    with open_store(location, FP) as store:
+        store.register("cat", [shot(1, 0), shot(3, 2)])
+        store.register("dog", [shot(0, 5)])
+    return location
 
 
 def test_new_store_layout(path):
@@ -50,8 +57,8 @@ def test_new_store_layout(path):
     conn.close()
 
 
-def test_reopen_persists_classes_and_prototypes(path):
-    with SupportStore(path, FP) as store:
+def test_reopen_persists_classes_and_prototypes(location):
+    with open_store(location, FP) as store:
         assert [(c.name, c.shots) for c in store.classes()] == [("cat", 2), ("dog", 1)]
         labels, means = store.prototypes()
         assert labels == ["cat", "dog"]
@@ -59,13 +66,13 @@ def test_reopen_persists_classes_and_prototypes(path):
         assert store.fingerprint == FP
 
 
-def refused(path, action, match: str) -> None:
-    """`action(store)` must raise StoreError and leave the file byte-identical."""
-    before_bytes, before_rows = path.read_bytes(), rows(path)
-    with SupportStore(path, FP) as store, pytest.raises(StoreError, match=match):
+def refused(backend: StoreBackend, location: str, action, match: str) -> None:
+    """`action(store)` must raise StoreError and leave the store as it was (a file byte-identical, every
+    row of a database with its change counter)."""
+    before = backend.state(location)
+    with open_store(location, FP) as store, pytest.raises(StoreError, match=match):
         action(store)
-    assert rows(path) == before_rows
-    assert path.read_bytes() == before_bytes
+    assert backend.state(location) == before
 
 
 @pytest.mark.parametrize(
@@ -82,47 +89,60 @@ def refused(path, action, match: str) -> None:
         ("..", "not allowed"),
     ],
 )
-def test_bad_class_names_are_refused(path, name, match):
-    refused(path, lambda s: s.register(name, [shot(1, 1)]), match)
+def test_bad_class_names_are_refused(store_backend, location, name, match):
+    refused(store_backend, location, lambda s: s.register(name, [shot(1, 1)]), match)
 
 
-def test_long_name_within_limit_is_fine(tmp_path):
-    with SupportStore(tmp_path / "s.db", FP) as store:
+def test_long_name_within_limit_is_fine(store_backend):
+    with open_store(store_backend.new(), FP) as store:
         assert store.register("Latin A é ü " + "x" * 88, [shot(1, 1)]).shots == 1
 
 
-def test_duplicate_register_is_refused(path):
+def test_duplicate_register_is_refused(store_backend, location):
     refused(
-        path, lambda s: s.register("cat", [shot(9, 9)]), "already registered; add images to it with add_shots"
+        store_backend,
+        location,
+        lambda s: s.register("cat", [shot(9, 9)]),
+        "already registered; add images to it with add_shots",
     )
 
 
-def test_zero_shots_are_refused(path):
-    refused(path, lambda s: s.register("bird", []), "at least one support image")
-    refused(path, lambda s: s.add_shots("cat", []), "no support images")
+def test_zero_shots_are_refused(store_backend, location):
+    refused(store_backend, location, lambda s: s.register("bird", []), "at least one support image")
+    refused(store_backend, location, lambda s: s.add_shots("cat", []), "no support images")
 
 
-def test_unknown_class_is_refused(path):
-    refused(path, lambda s: s.remove("bird"), "no class 'bird'")
-    refused(path, lambda s: s.add_shots("bird", [shot(1, 1)]), "no class 'bird'")
+def test_unknown_class_is_refused(store_backend, location):
+    refused(store_backend, location, lambda s: s.remove("bird"), "no class 'bird'")
+    refused(store_backend, location, lambda s: s.add_shots("bird", [shot(1, 1)]), "no class 'bird'")
 
 
-def test_mismatched_embeddings_are_refused(path):
-    refused(path, lambda s: s.register("bird", [shot(1, 1, 1)]), "this store holds")
-    refused(path, lambda s: s.register("bird", [shot(1, 1), shot(1, 1, local=[1])]), "this store holds")
-    refused(path, lambda s: s.register("bird", [shot(1, np.nan)]), "NaN")
+def test_mismatched_embeddings_are_refused(store_backend, location):
+    refused(store_backend, location, lambda s: s.register("bird", [shot(1, 1, 1)]), "this store holds")
+    refused(
+        store_backend,
+        location,
+        lambda s: s.register("bird", [shot(1, 1), shot(1, 1, local=[1])]),
+        "this store holds",
+    )
+    refused(store_backend, location, lambda s: s.register("bird", [shot(1, np.nan)]), "NaN")
 
 
-def test_register_many_is_all_or_nothing(path):
+def test_register_many_is_all_or_nothing(store_backend, location):
     # "ant" would be fine, "dog" exists: neither is stored
-    refused(path, lambda s: s.register_many({"ant": [shot(1, 1)], "dog": [shot(2, 2)]}), "'dog' is already")
+    refused(
+        store_backend,
+        location,
+        lambda s: s.register_many({"ant": [shot(1, 1)], "dog": [shot(2, 2)]}),
+        "'dog' is already",
+    )
 
 
-def test_fingerprint_mismatch_is_refused(path):
-    before = path.read_bytes()
+def test_fingerprint_mismatch_is_refused(store_backend, location):
+    before = store_backend.state(location)
     with pytest.raises(StoreError, match=r"never mixed.*Re-embed"):
-        SupportStore(path, OTHER_FP)
-    assert path.read_bytes() == before
+        open_store(location, OTHER_FP)
+    assert store_backend.state(location) == before
 
 
 def test_not_a_store(tmp_path):
@@ -158,8 +178,8 @@ def test_missing_store_needs_a_model(tmp_path):
         SupportStore(tmp_path / "no" / "such.db", FP)
 
 
-def test_without_fingerprint_list_and_remove_but_not_add(path):
-    with SupportStore(path) as store:
+def test_without_fingerprint_list_and_remove_but_not_add(location):
+    with open_store(location) as store:
         assert store.fingerprint == FP
         store.remove("dog")
         assert [c.name for c in store.classes()] == ["cat"]
@@ -167,8 +187,8 @@ def test_without_fingerprint_list_and_remove_but_not_add(path):
             store.add_shots("cat", [shot(1, 1)])
 
 
-def test_add_shots_updates_the_prototype_and_cache(path):
-    with SupportStore(path, FP) as store:
+def test_add_shots_updates_the_prototype_and_cache(location):
+    with open_store(location, FP) as store:
         first = store.prototypes()
         assert store.prototypes() is first  # cached while unchanged
         info = store.add_shots("cat", [shot(5, 3)])
@@ -180,20 +200,18 @@ def test_add_shots_updates_the_prototype_and_cache(path):
         assert labels == ["dog"] and means["global"].shape == (1, 2)
 
 
-def test_changes_by_another_connection_invalidate_the_cache(path):
-    with SupportStore(path, FP) as reader, SupportStore(path, FP) as writer:
+def test_changes_by_another_connection_invalidate_the_cache(location):
+    with open_store(location, FP) as reader, open_store(location, FP) as writer:
         assert reader.prototypes()[0] == ["cat", "dog"]
         writer.register("ant", [shot(7, 7)])
         assert reader.prototypes()[0] == ["ant", "cat", "dog"]
 
 
-def test_remove_deletes_shots_embeddings_and_prototype(path):
-    with SupportStore(path, FP) as store:
+def test_remove_deletes_shots_embeddings_and_prototype(store_backend, location):
+    with open_store(location, FP) as store:
         store.remove("cat")
-    conn = sqlite3.connect(path)
     for table, expected in (("shots", 1), ("embeddings", 1), ("prototypes", 1), ("classes", 1)):
-        assert conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == expected, table
-    conn.close()
+        assert store_backend.count(location, table) == expected, table
 
 
 def test_in_memory_store_and_two_outputs():
@@ -211,8 +229,8 @@ def test_in_memory_store_and_two_outputs():
 CAFE_NFC, CAFE_NFD = "caf\u00e9", "cafe\u0301"
 
 
-def test_names_differing_only_by_normalisation_are_one_class(path):
-    with SupportStore(path, FP) as store:
+def test_names_differing_only_by_normalisation_are_one_class(location):
+    with open_store(location, FP) as store:
         assert store.register(CAFE_NFD, [shot(1, 1)]).name == CAFE_NFC  # stored composed
         with pytest.raises(StoreError, match="already registered"):
             store.register(CAFE_NFC, [shot(2, 2)])
@@ -237,15 +255,19 @@ def test_names_differing_only_by_normalisation_are_one_class(path):
         ("half\ud800", "D800"),  # lone surrogate
     ],
 )
-def test_invisible_and_direction_characters_are_refused(path, name, code):
-    refused(path, lambda s: s.register(name, [shot(1, 1)]), f"invisible or direction-changing.*U\\+{code}")
+def test_invisible_and_direction_characters_are_refused(store_backend, location, name, code):
+    refused(
+        store_backend,
+        location,
+        lambda s: s.register(name, [shot(1, 1)]),
+        f"invisible or direction-changing.*U\\+{code}",
+    )
 
 
-def test_a_name_stored_before_normalisation_is_still_found(path):
-    with sqlite3.connect(path) as conn:  # as an older distilshot stored it
-        conn.execute("UPDATE classes SET name = ? WHERE name = 'dog'", (CAFE_NFD,))
-    conn.close()
-    with SupportStore(path, FP) as store:
+def test_a_name_stored_before_normalisation_is_still_found(store_backend, location):
+    # as an older distilshot stored it
+    store_backend.sql(location, "UPDATE classes SET name = ? WHERE name = 'dog'", (CAFE_NFD,))
+    with open_store(location, FP) as store:
         assert [s.source for s in store.shots(CAFE_NFD)] == ["x.png"]
         store.remove(CAFE_NFD)
         assert [c.name for c in store.classes()] == ["cat"]
@@ -254,8 +276,8 @@ def test_a_name_stored_before_normalisation_is_still_found(path):
 # -- the bundle's layout and field lengths --------------------------------------------------------------
 
 
-def test_with_the_bundle_layout_an_empty_store_refuses_other_embeddings(tmp_path):
-    with SupportStore(tmp_path / "s.db", FP, layout={"global": 2, "local": 1}) as store:
+def test_with_the_bundle_layout_an_empty_store_refuses_other_embeddings(store_backend):
+    with open_store(store_backend.new(), FP, layout={"global": 2, "local": 1}) as store:
         with pytest.raises(StoreError, match=r"embeddings \{'global': 3\}; this bundle makes"):
             store.register("a", [shot(1, 1, 1)])
         with pytest.raises(StoreError, match="this bundle makes"):
@@ -263,12 +285,17 @@ def test_with_the_bundle_layout_an_empty_store_refuses_other_embeddings(tmp_path
         assert store.register("a", [shot(1, 1, local=[2])]).shots == 1
 
 
-def test_a_store_of_other_dims_than_the_bundle_is_refused_when_opened(path):
+def test_a_store_of_other_dims_than_the_bundle_is_refused_when_opened(location):
     with pytest.raises(StoreError, match=r"holds embeddings \{'global': 2\}, but this bundle makes"):
-        SupportStore(path, FP, layout={"global": 3})
+        open_store(location, FP, layout={"global": 3})
 
 
-def test_sources_are_bounded(path):
-    refused(path, lambda s: s.register("bird", [shot(1, 1, source="s" * 256)]), "the limit is 255")
-    with SupportStore(path, FP) as store:
+def test_sources_are_bounded(store_backend, location):
+    refused(
+        store_backend,
+        location,
+        lambda s: s.register("bird", [shot(1, 1, source="s" * 256)]),
+        "the limit is 255",
+    )
+    with open_store(location, FP) as store:
         assert store.register("bird", [shot(1, 1, source="s" * 255)]).shots == 1

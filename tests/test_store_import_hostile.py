@@ -1,6 +1,7 @@
 """Store files from elsewhere are checked as a store made by this code would be, and their vectors are
 never trusted: a refused import names the problem and changes nothing; an accepted one holds the
-embeddings this bundle computes from the stored copies."""
+embeddings this bundle computes from the stored copies. Each import goes into a store of both backends
+(`store_backend`, `classifier_on`: tests/postgres_fixture.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from postgres_fixture import classifier_on
 from serve_fixtures import encode, make_bundle, noise, png_claiming, solid
 
 from distilshot.errors import StoreError
@@ -47,10 +49,10 @@ def sql(statement: str, params: tuple[object, ...] = ()) -> Callable[[sqlite3.Co
     return lambda conn: conn.execute(statement, params)
 
 
-def refused_and_unchanged(bundle: Path, target: Path, path: Path, match: str) -> None:
-    """Importing `path` into the store `target` is refused with `match` and leaves it as it was, and the
-    store still registers and classifies afterwards."""
-    with FewShotClassifier(bundle, target) as clf:
+def refused_and_unchanged(bundle: Path, target: str, path: Path, match: str) -> None:
+    """Importing `path` into the store at `target` is refused with `match` and leaves it as it was, and
+    the store still registers and classifies afterwards."""
+    with classifier_on(bundle, target) as clf:
         before = [(c.name, c.shots) for c in clf.classes()]
         with pytest.raises(StoreError, match=match):
             clf.import_store(path)
@@ -81,16 +83,16 @@ def refused_and_unchanged(bundle: Path, target: Path, path: Path, match: str) ->
     ids=["3-d", "renamed output", "extra output", "no embeddings", "mixed dims", "short vector"],
 )
 @pytest.mark.parametrize("target", ["empty", "with a class"])
-def test_embeddings_not_of_this_bundle_are_refused(setup, tmp_path, edit, match, target):
+def test_embeddings_not_of_this_bundle_are_refused(setup, store_backend, tmp_path, edit, match, target):
     bundle, exported = setup
-    store = tmp_path / "target.db"
+    store = store_backend.new()
     if target == "with a class":
-        with FewShotClassifier(bundle, store) as clf:
+        with classifier_on(bundle, store) as clf:
             clf.register("yellow", [solid((250, 250, 0))])
     refused_and_unchanged(bundle, store, edited(tmp_path, exported, edit), match)
 
 
-def test_a_class_carrying_another_class_vectors_gets_its_own_embeddings(setup, tmp_path):
+def test_a_class_carrying_another_class_vectors_gets_its_own_embeddings(setup, store_backend, tmp_path):
     bundle, exported = setup
     # every shot of "red" carries the vector of "blue"'s shot
     path = edited(
@@ -101,7 +103,7 @@ def test_a_class_carrying_another_class_vectors_gets_its_own_embeddings(setup, t
             "e.shot_id JOIN classes c ON c.id = s.class_id WHERE c.name = 'blue')"
         ),
     )
-    with FewShotClassifier(bundle, tmp_path / "imported.db") as clf:
+    with classifier_on(bundle, store_backend.new()) as clf:
         assert [c.name for c in clf.import_store(path)] == ["blue", "red"]
         labels, means = clf.store.prototypes()
         assert clf.classify([solid(RED)])[0].label == "red"
@@ -129,25 +131,25 @@ def float_tiff(size: tuple[int, int]) -> bytes:
     ],
     ids=["float tiff", "40 Mpixel png", "300 px png", "rgba png", "16-bit png", "jpeg"],
 )
-def test_stored_copies_must_be_pngs_as_this_code_stores_them(setup, tmp_path, copy, match):
+def test_stored_copies_must_be_pngs_as_this_code_stores_them(setup, store_backend, tmp_path, copy, match):
     bundle, exported = setup
     path = edited(tmp_path, exported, sql("UPDATE shots SET thumbnail = ? WHERE id = 2", params=(copy(),)))
-    refused_and_unchanged(bundle, tmp_path / "target.db", path, f"shot 2 of class 'red'.*{match}")
+    refused_and_unchanged(bundle, store_backend.new(), path, f"shot 2 of class 'red'.*{match}")
 
 
 @pytest.mark.parametrize("length", [256, 5_000_000])
-def test_long_sources_are_refused(setup, tmp_path, length):
+def test_long_sources_are_refused(setup, store_backend, tmp_path, length):
     bundle, exported = setup
     path = edited(tmp_path, exported, sql("UPDATE shots SET source = ? WHERE id = 3", params=("x" * length,)))
     match = "shot 3 of class 'blue': its source must be text of at most 255 characters, "
     match += f"not str of length {length}$"
-    refused_and_unchanged(bundle, tmp_path / "target.db", path, match)
+    refused_and_unchanged(bundle, store_backend.new(), path, match)
 
 
-def test_a_source_of_255_characters_is_imported(setup, tmp_path):
+def test_a_source_of_255_characters_is_imported(setup, store_backend, tmp_path):
     bundle, exported = setup
     path = edited(tmp_path, exported, sql("UPDATE shots SET source = ? WHERE id = 3", params=("y" * 255,)))
-    with FewShotClassifier(bundle, tmp_path / "target.db") as clf:
+    with classifier_on(bundle, store_backend.new()) as clf:
         clf.import_store(path)
         assert [s.source for s in clf.shots("blue")] == ["y" * 255]
 
@@ -160,13 +162,13 @@ def test_a_source_of_255_characters_is_imported(setup, tmp_path):
         ("zero\u200bwidth", "U\\+200B"),
     ],
 )
-def test_class_names_are_checked_like_new_ones(setup, tmp_path, name, match):
+def test_class_names_are_checked_like_new_ones(setup, store_backend, tmp_path, name, match):
     bundle, exported = setup
     path = edited(tmp_path, exported, sql("UPDATE classes SET name = ? WHERE name = 'red'", params=(name,)))
-    refused_and_unchanged(bundle, tmp_path / "target.db", path, match)
+    refused_and_unchanged(bundle, store_backend.new(), path, match)
 
 
-def test_names_equal_once_normalised_are_refused_and_nfd_is_stored_as_nfc(setup, tmp_path):
+def test_names_equal_once_normalised_are_refused_and_nfd_is_stored_as_nfc(setup, store_backend, tmp_path):
     bundle, exported = setup
     composed, decomposed = "caf\u00e9", unicodedata.normalize("NFD", "caf\u00e9")
 
@@ -175,11 +177,11 @@ def test_names_equal_once_normalised_are_refused_and_nfd_is_stored_as_nfc(setup,
         conn.execute("UPDATE classes SET name = ? WHERE name = 'blue'", (decomposed,))
 
     both = edited(tmp_path, exported, rename)
-    refused_and_unchanged(bundle, tmp_path / "target.db", both, "same name once Unicode-normalised")
+    refused_and_unchanged(bundle, store_backend.new(), both, "same name once Unicode-normalised")
     one = edited(
         tmp_path, exported, sql("UPDATE classes SET name = ? WHERE name = 'red'", params=(decomposed,))
     )
-    with FewShotClassifier(bundle, tmp_path / "nfc.db") as clf:
+    with classifier_on(bundle, store_backend.new()) as clf:
         assert [c.name for c in clf.import_store(one)] == ["blue", composed]
         with pytest.raises(StoreError, match="already registered"):
             clf.register(composed, [solid(RED)])
@@ -204,7 +206,7 @@ def stale_index(path: Path) -> None:
     conn.close()
 
 
-def test_integrity_check_not_just_quick_check(setup, tmp_path):
+def test_integrity_check_not_just_quick_check(setup, store_backend, tmp_path):
     bundle, exported = setup
     path = tmp_path / "stale.db"
     shutil.copyfile(exported, path)
@@ -212,27 +214,27 @@ def test_integrity_check_not_just_quick_check(setup, tmp_path):
     with sqlite3.connect(path) as check:
         assert check.execute("PRAGMA quick_check").fetchall() == [("ok",)]
         assert check.execute("PRAGMA integrity_check").fetchall() != [("ok",)]
-    refused_and_unchanged(bundle, tmp_path / "target.db", path, "is damaged: .*shots_by_class")
+    refused_and_unchanged(bundle, store_backend.new(), path, "is damaged: .*shots_by_class")
 
 
-def test_an_invalid_fingerprint_is_refused(setup, tmp_path):
+def test_an_invalid_fingerprint_is_refused(setup, store_backend, tmp_path):
     bundle, exported = setup
     path = edited(
         tmp_path,
         exported,
         sql("UPDATE metadata SET value = ? WHERE key = 'fingerprint'", params=("x" * 10**6,)),
     )
-    refused_and_unchanged(bundle, tmp_path / "target.db", path, "no valid model fingerprint")
+    refused_and_unchanged(bundle, store_backend.new(), path, "no valid model fingerprint")
 
 
-def test_one_bad_class_refuses_the_whole_import(setup, tmp_path):
+def test_one_bad_class_refuses_the_whole_import(setup, store_backend, tmp_path):
     bundle, exported = setup
     path = edited(
         tmp_path,
         exported,
         sql("UPDATE shots SET thumbnail = ? WHERE id = 3", params=(encode(noise((300, 10))),)),
     )
-    target = tmp_path / "target.db"
+    target = store_backend.new()
     refused_and_unchanged(bundle, target, path, "class 'blue'")
-    with FewShotClassifier(bundle, target) as clf:
+    with classifier_on(bundle, target) as clf:
         assert [c.name for c in clf.classes()] == ["green"]  # "red" was fine but not imported alone

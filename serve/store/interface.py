@@ -4,7 +4,9 @@ A store holds the embeddings of exactly one model (its `fingerprint`) and never 
 refuses to open with another model's fingerprint unless it re-embeds every stored support image with the
 new model. Every change is one transaction, and every refusal raises StoreError before anything is
 written, so a refused call leaves the store as it was. SupportStore (serve/store/sqlite.py) is the SQLite
-backend; store files from `export_to` are read back by serve/store/portable.py for `register_many`.
+backend, PostgresStore (serve/store/postgres.py) the one several serving replicas share; open_store
+(serve/store/location.py) picks one by location. Store files from `export_to` are read back by
+serve/store/portable.py for `register_many`.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ REEMBED_CHUNK = 256  # stored images decoded and embedded at a time while re-emb
 
 class ClassStore(ABC):
     """Registered classes with their support shots, embeddings and per-class prototypes. Safe to share
-    between threads. `path` is where it lives (None: in memory only), `fingerprint` the model whose
-    embeddings it holds."""
+    between threads. `path` is its file (None: in memory, or in a database server), `location` where it
+    lives as messages and reports may show it (a file path or a URL without its password; None: in
+    memory), `fingerprint` the model whose embeddings it holds."""
 
     path: Path | None
+    location: str | None
     fingerprint: str
 
     @abstractmethod

@@ -1,4 +1,5 @@
-"""Reading store files that `ClassStore.export_to` wrote, which may come from anyone, for an import.
+"""Store files: writing them for `ClassStore.export_to`, and reading them, since they may come from
+anyone, for an import.
 
 A file is accepted only as a store made by this code would be: exactly the schema of
 serve/store/sqlite_schema.py, SQLite's full integrity check, valid and distinct class names in their stored
@@ -11,9 +12,11 @@ is written.
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +24,68 @@ import numpy as np
 
 from distilshot.errors import ImageError, StoreError
 from distilshot.serve.images import load_stored_copy
+from distilshot.serve.store import repository
 from distilshot.serve.store import sqlite_schema as schema
 from distilshot.serve.store.interface import REEMBED_CHUNK, Reembedder
 from distilshot.serve.store.names import MAX_NAME_LENGTH, canonical_classes
 from distilshot.serve.store.records import MAX_SOURCE_LENGTH, Shot
 
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")  # Manifest.fingerprint: a sha256 in hex
+COPY_CHUNK = 256  # shots (with their embeddings) copied at a time by copy_to_file
+
+
+def write_store_file(destination: str | Path, write: Callable[[Path], None], where: str) -> Path:
+    """Makes store file `destination` atomically: `write` creates it at a temporary path beside it (which
+    does not exist yet), which then replaces `destination`. `where` names the store in messages."""
+    destination = Path(destination)
+    if not destination.parent.is_dir():
+        raise StoreError(f"cannot export to {destination}: folder {destination.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".tmp")
+    os.close(fd)
+    os.unlink(tmp)  # `write` creates the file itself
+    try:
+        write(Path(tmp))
+        os.replace(tmp, destination)
+    except sqlite3.Error as error:
+        raise StoreError(f"cannot export {where} to {destination}: {error}") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return destination
+
+
+def copy_to_file(source: repository.Connection, target: Path, where: str) -> None:
+    """Writes the store read through `source` (inside one read transaction of another backend) as the new
+    store file `target`, in the layout of serve/store/sqlite_schema.py, ids and timestamps kept."""
+    fingerprint = str(repository.read_fingerprint(source))
+    conn = sqlite3.connect(target, isolation_level=None)
+    try:
+        schema.create(conn, fingerprint, str(target), where)
+        conn.execute("BEGIN")
+        conn.executemany(
+            "UPDATE metadata SET value = ? WHERE key = ?",
+            [(value, key) for key, value in source.execute("SELECT key, value FROM metadata").fetchall()],
+        )
+        conn.executemany(
+            "INSERT INTO classes VALUES (?, ?, ?)",
+            source.execute("SELECT id, name, created FROM classes").fetchall(),
+        )
+        last = 0
+        while shots := source.execute(
+            "SELECT id, class_id, source, thumbnail, created FROM shots WHERE id > ? ORDER BY id LIMIT ?",
+            (last, COPY_CHUNK),
+        ).fetchall():
+            conn.executemany("INSERT INTO shots VALUES (?, ?, ?, ?, ?)", shots)
+            embeddings = source.execute(
+                "SELECT shot_id, output, dim, vector FROM embeddings WHERE shot_id > ? AND shot_id <= ?",
+                (last, shots[-1][0]),
+            )
+            conn.executemany("INSERT INTO embeddings VALUES (?, ?, ?, ?)", embeddings.fetchall())
+            last = shots[-1][0]
+        prototypes = source.execute("SELECT class_id, output, dim, vector FROM prototypes")
+        conn.executemany("INSERT INTO prototypes VALUES (?, ?, ?, ?)", prototypes.fetchall())
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
 
 
 @dataclass(frozen=True)
@@ -97,7 +156,7 @@ def _read(conn: sqlite3.Connection, where: str) -> StoreFile:
     problems = [row[0] for row in conn.execute("PRAGMA integrity_check")]
     if problems != ["ok"]:
         raise StoreError(f"{where} is damaged: {problems[0]}")
-    fingerprint = schema.read_fingerprint(conn)
+    fingerprint = repository.read_fingerprint(conn)
     if not isinstance(fingerprint, str) or not _FINGERPRINT.fullmatch(fingerprint):
         raise StoreError(f"{where} has no valid model fingerprint (64 hex digits); it is damaged")
     empty = conn.execute("SELECT name FROM classes WHERE id NOT IN (SELECT class_id FROM shots)").fetchone()

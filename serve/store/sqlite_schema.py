@@ -4,10 +4,10 @@ checks a file's identity (header, application id, schema version) and reads its 
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
 from pathlib import Path
 
 from distilshot.errors import StoreError
+from distilshot.serve.store.repository import now
 
 APPLICATION_ID = 0x44534854  # "DSHT" in the SQLite header marks a distilshot support store
 SCHEMA_VERSION = 1  # PRAGMA user_version
@@ -42,11 +42,6 @@ SCHEMA = (
 )
 
 _EXPECTED_SCHEMA: list[tuple[str, str, str]] = []
-
-
-def now() -> str:
-    """The timestamp stored with classes and shots."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def check_header(path: Path, label: str) -> None:
@@ -94,12 +89,6 @@ def create(conn: sqlite3.Connection, fingerprint: str, label: str, where: str) -
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-
-
-def read_fingerprint(conn: sqlite3.Connection) -> object:
-    """The stored model fingerprint as SQLite holds it (None when there is none); callers check it."""
-    row = conn.execute("SELECT value FROM metadata WHERE key = 'fingerprint'").fetchone()
-    return None if row is None else row[0]
 
 
 def expected_schema() -> list[tuple[str, str, str]]:

@@ -1,21 +1,18 @@
-"""Re-embedding a whole SQLite store for another model: every embedding, every prototype and the
-fingerprint replaced in the caller's one transaction, so two embedding spaces are never mixed."""
+"""Re-embedding a whole store for another model, for every backend: every embedding, every prototype
+and the fingerprint replaced in the caller's one transaction, so two embedding spaces are never mixed."""
 
 from __future__ import annotations
 
-import sqlite3
-
-from distilshot.serve.store import sqlite_repository as repository
+from distilshot.serve.store import repository
 from distilshot.serve.store.interface import REEMBED_CHUNK, Reembedder
 from distilshot.serve.store.records import ModelMismatchError
-from distilshot.serve.store.sqlite_schema import read_fingerprint
 
 
-def reembed_store(conn: sqlite3.Connection, old: str, new: str, reembed: Reembedder, where: str) -> None:
+def reembed_store(conn: repository.Connection, old: str, new: str, reembed: Reembedder, where: str) -> None:
     """Moves the store on `conn` from model `old` to model `new`, embedding its stored images with
     `reembed`. Run inside a write transaction (other writers wait, as they must: no change may land
     between the two models)."""
-    stored = read_fingerprint(conn)
+    stored = repository.read_fingerprint(conn)
     if stored == new:
         return  # another process re-embedded it while we waited for the lock
     if stored != old:
@@ -31,7 +28,7 @@ def reembed_store(conn: sqlite3.Connection, old: str, new: str, reembed: Reembed
         if not rows:
             break
         vectors = reembed([(source, bytes(image)) for _, source, image in rows])
-        repository.insert_embeddings(conn, [row[0] for row in rows], vectors)
+        repository.insert_embeddings(conn, [int(row[0]) for row in rows], vectors)
         last = rows[-1][0]
-    repository.update_prototypes(conn, [row[0] for row in conn.execute("SELECT id FROM classes")])
-    conn.execute("UPDATE metadata SET value = ? WHERE key = 'fingerprint'", (new,))
+    repository.update_prototypes(conn, repository.class_ids(conn))
+    repository.write_fingerprint(conn, new)
