@@ -35,13 +35,13 @@ def head_model(head: Head, dims: Mapping[str, int]) -> onnx.ModelProto:
             f"head.weights names outputs {missing} that have no dim; the embedder has {sorted(dims)}"
         )
     nodes: list[onnx.NodeProto] = []
-    constants = [
-        numpy_helper.from_array(np.array([1], np.int64), "head/axis1"),
-        numpy_helper.from_array(np.float32(-2), "head/minus2"),
-        numpy_helper.from_array(np.float32(0), "head/zero"),
-        numpy_helper.from_array(np.float32(EPS), "head/eps"),
-        numpy_helper.from_array(np.float32(head.temperature), "head/temperature"),
-    ]
+    # each metric's constants only: ONNX Runtime warns about an unused initializer
+    values = {"temperature": np.float32(head.temperature), "axis1": np.array([1], np.int64)}
+    if head.metric == "cosine":
+        values |= {"eps": np.float32(EPS)}
+    else:
+        values |= {"minus2": np.float32(-2), "zero": np.float32(0)}
+    constants = [numpy_helper.from_array(v, f"head/{k}") for k, v in values.items()]
     inputs, total = [], None
 
     def node(op_type: str, node_inputs: list[str], output: str, **attributes: object) -> str:

@@ -1,7 +1,8 @@
 """`export` and `train-export`: evaluate a model on the held-out split (or take its run's eval.json),
 export the bundle, check its parity, calibrate its probabilities (temperature) and its "unknown"
-threshold. The test split is loaded once for all of them, and the bundle is assembled in a staging
-folder that is published only once everything is in its manifest (export/bundle.py)."""
+threshold, then add the graphs apps without Python use (export/app_graphs.py). The test split is loaded
+once for all of them, and the bundle is assembled in a staging folder that is published only once
+everything is in its manifest (export/bundle.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 from distilshot.core.files import sha256_file
 from distilshot.core.manifest import Calibration, Rejection
 from distilshot.errors import DistilshotError
+from distilshot.export.app_graphs import stage_app_graphs
 from distilshot.export.bundle import stage_embedder, staged_folder
 from distilshot.export.calibration import calibrate_temperature
 from distilshot.export.embeddings import bundle_features
@@ -73,6 +75,7 @@ def export_model(
         plot = out.parent / f"{out.name}.reliability.png"
         calibration = calibrate_temperature(staging, fit, test, features, plot)
         rejection = record_rejection(staging, features, test.labels, test.name)
+        stage_app_graphs(staging)
     return ExportOutcome(out, results, parity, calibration, rejection)
 
 
