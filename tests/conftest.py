@@ -5,7 +5,8 @@ DISTILSHOT_CACHE yourself to share your own cache instead; tests that need an em
 Markers are applied here, by module and test name, so test files need no edits: `slow` (trains or exports
 a model, or runs for more than a few seconds), `browser` (Playwright), `gpu` (skipped, with its reason, on
 a machine without CUDA), `gpu_offline` (the GPU code paths against strict fakes of CUDA, TensorRT and
-ONNX Runtime's GPU providers; they run everywhere). `make test-fast` runs `pytest -m "not slow and not browser"`."""
+ONNX Runtime's GPU providers; they run everywhere).
+`make test-fast` runs `pytest -m "not slow and not browser"`."""
 
 import os
 from pathlib import Path
