@@ -24,7 +24,7 @@ from distilshot.errors import DistilshotError
 from distilshot.export.bundle import stage_embedder, staged_folder
 from distilshot.serve.engines.registry import open_engine
 from distilshot.serve.extra_heads import FixedClassifierHead
-from distilshot.serve.store import SupportStore
+from distilshot.serve.store import open_store
 from distilshot.train.adapt import AdaptConfig, student_logits, train_task_student
 from distilshot.train.augment import normalize, to_float
 from distilshot.train.backbones.base import Backbone
@@ -56,7 +56,7 @@ def store_images(store: Path, manifest: Manifest) -> tuple[np.ndarray, np.ndarra
     """Every stored support image at the bundle's input size, with class indices and class names."""
     prep = manifest.preprocessing
     images, labels = [], []
-    with SupportStore(store) as opened:
+    with open_store(store) as opened:
         names = [c.name for c in opened.classes()]
         for index, name in enumerate(names):
             for shot in opened.shots(name):
@@ -158,7 +158,7 @@ def restore_for(bundle: Path, store: Path, new_store: Path) -> None:
     """A copy of `store` for the adapted bundle: every stored image embedded again with its student."""
     from distilshot.serve.classifier import FewShotClassifier
 
-    with tempfile.TemporaryDirectory() as tmp, SupportStore(store) as old:
+    with tempfile.TemporaryDirectory() as tmp, open_store(store) as old:
         copy = old.export_to(Path(tmp) / "store.db")
         with FewShotClassifier(bundle, new_store) as classifier:
             classifier.import_store(copy)

@@ -33,7 +33,7 @@ from distilshot.serve.images import (
     thumbnail_png,
 )
 from distilshot.serve.scoring import AugmentedScorer, ClassSnapshot, FixedScorer, PrototypeScorer, Scorer
-from distilshot.serve.store import ClassInfo, Shot, ShotInfo, SupportStore, UnknownClassError, import_shots
+from distilshot.serve.store import ClassInfo, Shot, ShotInfo, UnknownClassError, import_shots, open_store
 
 # Files `register_folder` picks up from each class folder; anything else (notes, .DS_Store) is ignored.
 IMAGE_SUFFIXES = frozenset(
@@ -130,7 +130,7 @@ class FewShotClassifier:
         self.batcher = Batcher(self._embed, CHUNK_SIZE)
         reembedder = self._reembed_stored if reembed else None
         layout = {o.name: o.dim for o in self.manifest.embedder.outputs}
-        self.store = SupportStore(
+        self.store = open_store(
             store_path, self.manifest.fingerprint(self.engine.role), reembedder, layout=layout
         )
         m = self.manifest
@@ -384,6 +384,6 @@ class FewShotClassifier:
             "providers": self.engine.providers_in_use,
             "rejection": None if m.rejection is None else asdict(m.rejection),
             "calibration": None if m.calibration is None else asdict(m.calibration),
-            "store": None if self.store.path is None else str(self.store.path),
+            "store": self.store.location,
             "classes": len(self.store.classes()),
         }

@@ -16,7 +16,7 @@ from distilshot.errors import DistilshotError
 
 if TYPE_CHECKING:
     from distilshot.serve.classifier import FewShotClassifier, Prediction
-    from distilshot.serve.store import ClassInfo, SupportStore
+    from distilshot.serve.store import ClassInfo, ClassStore
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
 
@@ -25,8 +25,14 @@ OptionalBundle = Annotated[
     Path | None,
     typer.Option("--bundle", "-b", help="Bundle folder; if given, the store must match its model."),
 ]
+# Text, not Path: a Path would turn postgresql://host into postgresql:/host.
 Store = Annotated[
-    Path, typer.Option("--store", "-s", help="Support store (SQLite file), created on first register.")
+    str,
+    typer.Option(
+        "--store",
+        "-s",
+        help="Support store: a SQLite file (created on first register) or postgresql://user@host:port/db.",
+    ),
 ]
 Backend = Annotated[
     str,
@@ -45,28 +51,36 @@ Reembed = Annotated[
 
 
 def _classifier(
-    bundle: Path, store: Path | None, backend: str, precision: str, reembed: bool = False
+    bundle: Path, store: str | None, backend: str, precision: str, reembed: bool = False
 ) -> FewShotClassifier:
     from distilshot.serve.classifier import FewShotClassifier
 
     return FewShotClassifier(bundle, store, backend, precision=precision, reembed=reembed)
 
 
-def _store(store: Path, bundle: Path | None) -> SupportStore:
+def _check_exists(store: str, hint: str = "") -> None:
+    """A store file must exist for the commands that only read it (a PostgreSQL store is checked by
+    opening it)."""
+    from distilshot.serve.store import is_postgres_location
+
+    if not is_postgres_location(store) and not Path(store).exists():
+        raise DistilshotError(f"there is no support store at {store}{hint}")
+
+
+def _store(store: str, bundle: Path | None) -> ClassStore:
     """The store alone (no inference engine), checked against the bundle's model when one is given."""
     from distilshot.core.manifest import load_manifest
-    from distilshot.serve.store import SupportStore
+    from distilshot.serve.store import open_store
 
-    if not store.exists():
-        raise DistilshotError(f"there is no support store at {store}")
+    _check_exists(store)
     if bundle is None:
-        return SupportStore(store)
+        return open_store(store)
     # the store may hold the embeddings of any of the bundle's graphs (fp32, int8, ...)
     manifest = load_manifest(bundle)
-    with SupportStore(store) as probe:
+    with open_store(store) as probe:
         held = probe.fingerprint
     ours = {manifest.fingerprint(role) for role in manifest.graphs}
-    return SupportStore(store, held if held in ours else manifest.fingerprint())
+    return open_store(store, held if held in ours else manifest.fingerprint())
 
 
 def _json(value: Any) -> str:
@@ -154,8 +168,7 @@ def classify(
     as_json: Json = False,
 ) -> None:
     """Classify query images against the registered classes ("unknown" below the rejection threshold)."""
-    if not store.exists():
-        raise DistilshotError(f"there is no support store at {store}; register classes first")
+    _check_exists(store, "; register classes first")
     with _classifier(bundle, store, backend, precision) as classifier:
         predictions = classifier.classify(images, top_k=top_k, threshold=threshold, augment=augment)
     if as_json:
@@ -207,15 +220,15 @@ def remove(
 def info(
     bundle: Bundle,
     store: Annotated[
-        Path | None, typer.Option("--store", "-s", help="Also count this store's classes.")
+        str | None, typer.Option("--store", "-s", help="Also count this store's classes.")
     ] = None,
     backend: Backend = "auto",
     precision: Precision = "fp32",
     as_json: Json = False,
 ) -> None:
     """Describe a bundle: model, quality metrics, fingerprint and the engine that runs it."""
-    if store is not None and not store.exists():
-        raise DistilshotError(f"there is no support store at {store}")
+    if store is not None:
+        _check_exists(store)
     with _classifier(bundle, store, backend, precision) as classifier:
         summary = classifier.info()
     if store is None:

@@ -80,7 +80,14 @@ def demo_mount(ctx: typer.Context) -> Mount:
 def serve(
     ctx: typer.Context,
     bundle: Annotated[Path, typer.Option("--bundle", "-b", help="Bundle folder to serve.")],
-    store: Annotated[Path, typer.Option("--store", "-s", help="Support store (SQLite), created if absent.")],
+    store: Annotated[
+        str,
+        typer.Option(
+            "--store",
+            "-s",
+            help="Support store: a SQLite file (created if absent) or postgresql://user@host/db.",
+        ),
+    ],
     host: Host = "127.0.0.1",
     port: Port = 8000,
     backend: Backend = "auto",

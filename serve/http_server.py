@@ -109,7 +109,7 @@ def server_security(
 
 def run_server(
     bundle: Path,
-    store: Path,
+    store: str,
     host: str,
     port: int,
     security: Security,
@@ -144,7 +144,8 @@ def run_server(
             typer.echo(f"{len(security.keys)} API keys; Host names allowed: {hosts}")
         elif insecure:
             typer.echo("WARNING: no API keys: anyone who can reach this server can change its classes")
-        typer.echo(f"serving {bundle} with store {store} on {url}")
+        # the store's location, never the URL given: that may carry a password
+        typer.echo(f"serving {bundle} with store {classifier.store.location} on {url}")
         ui_url = f", demo {url}{UI_PATH}/" if ui is not None else ""
         typer.echo(f"  API {url}{API_PREFIX}, docs {url}{API_PREFIX}/docs{ui_url}")
         config = uvicorn.Config(

@@ -30,4 +30,6 @@ def add_service_routes(app: FastAPI, prefix: str, classifier: FewShotClassifier,
         info = classifier.info()
         info["bundle"] = classifier.bundle_dir.name
         info["store"] = None if classifier.store.path is None else classifier.store.path.name
+        if classifier.store.path is None and classifier.store.location is not None:
+            info["store"] = "postgresql"  # a database, by kind: its URL names a server
         return info
