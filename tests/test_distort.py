@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from distilshot.train.augment import Augmenter
 from distilshot.train.distort import affine_matrices, random_affine
 
 
@@ -57,3 +58,11 @@ def test_random_affine_keeps_the_paper_white_and_the_ink() -> None:
     assert not torch.allclose(out[0], out[1])
     alone = random_affine(x[:1], torch.Generator().manual_seed(3))
     assert torch.equal(alone, out[:1])
+
+
+def test_the_affine_augmentation_is_this_distortion() -> None:
+    x = torch.ones(8, 1, 28, 28)
+    x[:, :, 8:20, 12:16] = 0.0
+    augmented = Augmenter("affine", 28)(x, torch.Generator().manual_seed(5))
+    assert torch.equal(augmented, random_affine(x, torch.Generator().manual_seed(5)))
+    assert not torch.equal(augmented, x)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from distilshot.core.enums import Augment
+from distilshot.train.distort import random_affine
 
 
 def to_float(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -78,7 +79,8 @@ def with_rotations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class Augmenter:
     """The training augmentation of a dataset: RFS-style crop with padding, colour jitter and flip for
-    natural images; nothing for characters, whose identity a flip or crop can change."""
+    natural images; for characters, whose identity a flip or crop can change, nothing or a small random
+    affine distortion."""
 
     def __init__(self, kind: str, image_size: int) -> None:
         self.kind = Augment.parse(kind, "augment")
@@ -87,6 +89,8 @@ class Augmenter:
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.kind is Augment.NONE:
             return x
+        if self.kind is Augment.AFFINE:
+            return random_affine(x, generator)
         x = random_crop(x, self.padding, generator)
         x = color_jitter(x, 0.4, generator)
         return random_hflip(x, generator)

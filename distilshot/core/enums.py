@@ -57,6 +57,7 @@ class Schedule(ConfigEnum):
 class Augment(ConfigEnum):
     NONE = "none"
     STANDARD = "standard"  # RFS-style crop with padding, colour jitter and horizontal flip
+    AFFINE = "affine"  # small rotations, scalings, shears and shifts of drawn characters (train/distort.py)
 
 
 class MemoryFormat(ConfigEnum):
