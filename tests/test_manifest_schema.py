@@ -17,6 +17,7 @@ from distilshot.core.manifest import (
     FixedClassifier,
     Generators,
     HeadGraph,
+    Manifest,
     PreprocessGraph,
     Rejection,
     load_manifest,
@@ -38,17 +39,25 @@ def full_manifest(tmp_path: Path) -> dict:
     full = dataclasses.replace(
         manifest,
         rejection=Rejection(-3.5, 0.95, "5-way 1-shot", 0.95, 0.6),
-        calibration=Calibration(0.5, 1.0, "20-way 1-shot", "val", "test", 15, 0.02, 0.3, 0.4, 1.2, 0.9),
+        calibration=Calibration(1.0, 1.0, "20-way 1-shot", "val", "test", 15, 0.02, 0.3, 0.4, 1.2, 0.9),
         generators=Generators(("generator-0.onnx",), "global", 4, 8, 16, "weaken-student"),
         classifier=FixedClassifier("classifier.onnx", "global", ("a", "b")),
         preprocess_graph=PreprocessGraph("preprocess.onnx", 3),
         head_graph=HeadGraph("head.onnx"),
+        files={
+            **manifest.files,
+            **{f: "0" * 64 for f in ("generator-0.onnx", "classifier.onnx", "preprocess.onnx", "head.onnx")},
+        },
     )
     return json.loads(json.dumps(full.to_dict()))
 
 
 def test_a_full_manifest_satisfies_the_schema(full_manifest: dict) -> None:
     jsonschema.Draft202012Validator(manifest_schema()).validate(full_manifest)
+
+
+def test_a_full_manifest_reads_back_as_written(full_manifest: dict) -> None:
+    assert json.loads(json.dumps(Manifest.from_dict(full_manifest).to_dict())) == full_manifest
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from distilshot.core.enums import Metric
 from distilshot.core.files import sha256_file, write_json_atomic
@@ -254,12 +256,12 @@ class Manifest:
                 training=dict(data.get("training", {})),
                 files={str(k): str(v) for k, v in data["files"].items()},
                 created=str(data.get("created", "")),
-                rejection=_rejection(data.get("rejection")),
-                generators=_generators(data.get("generators")),
-                classifier=_classifier(data.get("classifier")),
-                calibration=_calibration(data.get("calibration")),
-                preprocess_graph=_preprocess_graph(data.get("preprocess_graph")),
-                head_graph=_head_graph(data.get("head_graph")),
+                rejection=_record(Rejection, data.get("rejection")),
+                generators=_record(Generators, data.get("generators")),
+                classifier=_record(FixedClassifier, data.get("classifier")),
+                calibration=_record(Calibration, data.get("calibration")),
+                preprocess_graph=_record(PreprocessGraph, data.get("preprocess_graph")),
+                head_graph=_record(HeadGraph, data.get("head_graph")),
             )
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
             raise BundleError(f"manifest is malformed: {error!r}") from None
@@ -392,74 +394,20 @@ def _finite_json_number(text: str) -> float:
     return value
 
 
-def _rejection(data: dict[str, Any] | None) -> Rejection | None:
+R = TypeVar("R")
+_COERCE: dict[object, Callable[[Any], Any]] = {str: str, int: int, float: float}
+
+
+def _record(cls: type[R], data: dict[str, Any] | None) -> R | None:
+    """An optional manifest record (rejection, calibration, ...) from its JSON object: every field
+    present, each converted to its annotated type (str, int, float or a tuple of str)."""
     if data is None:
         return None
-    return Rejection(
-        threshold=float(data["threshold"]),
-        target=float(data["target"]),
-        protocol=str(data["protocol"]),
-        known_accepted=float(data["known_accepted"]),
-        unknown_rejected=float(data["unknown_rejected"]),
-    )
-
-
-def _calibration(data: dict[str, Any] | None) -> Calibration | None:
-    if data is None:
-        return None
-    return Calibration(
-        temperature=float(data["temperature"]),
-        fitted_from=float(data["fitted_from"]),
-        protocol=str(data["protocol"]),
-        fit_split=str(data["fit_split"]),
-        eval_split=str(data["eval_split"]),
-        bins=int(data["bins"]),
-        ece=float(data["ece"]),
-        ece_uncalibrated=float(data["ece_uncalibrated"]),
-        nll=float(data["nll"]),
-        nll_uncalibrated=float(data["nll_uncalibrated"]),
-        accuracy=float(data["accuracy"]),
-    )
-
-
-def _generators(data: dict[str, Any] | None) -> Generators | None:
-    if data is None:
-        return None
-    return Generators(
-        files=tuple(str(f) for f in data["files"]),
-        output=str(data["output"]),
-        dim=int(data["dim"]),
-        noise_dim=int(data["noise_dim"]),
-        k_max=int(data["k_max"]),
-        schedule=str(data["schedule"]),
-    )
-
-
-def _preprocess_graph(data: dict[str, Any] | None) -> PreprocessGraph | None:
-    if data is None:
-        return None
-    return PreprocessGraph(
-        file=str(data["file"]),
-        channels=int(data["channels"]),
-        input=str(data["input"]),
-        layout=str(data["layout"]),
-    )
-
-
-def _head_graph(data: dict[str, Any] | None) -> HeadGraph | None:
-    if data is None:
-        return None
-    return HeadGraph(
-        file=str(data["file"]), output=str(data["output"]), prototypes_suffix=str(data["prototypes_suffix"])
-    )
-
-
-def _classifier(data: dict[str, Any] | None) -> FixedClassifier | None:
-    if data is None:
-        return None
-    return FixedClassifier(
-        file=str(data["file"]), output=str(data["output"]), labels=tuple(str(v) for v in data["labels"])
-    )
+    values = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        value = data[name]
+        values[name] = tuple(str(v) for v in value) if hint == tuple[str, ...] else _COERCE[hint](value)
+    return cls(**values)
 
 
 def load_manifest(bundle_dir: Path | str, verify: bool = True) -> Manifest:
