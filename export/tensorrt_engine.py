@@ -9,11 +9,14 @@
   shape is static but the batch.
 - Where tensorrt and a CUDA GPU are present, the plans are built into the engine cache and each is
   compared with ONNX Runtime on the evaluation episodes; elsewhere the serving GPU builds them on first use.
+  A TensorRT that is there but fails on a graph (EngineFailed: parse, build, plan load, cache, CUDA) fails
+  the export with its message; only a missing one (EngineUnavailable) is a note.
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import closing
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -231,16 +234,16 @@ def check(job: FormatJob, preview: Manifest, staged: Staged) -> Checked:
     notes = []
     try:
         for precision in sorted({g.precision for g in onnx_graphs(preview).values()}):
-            engine = tensorrt_engine.TensorRTEngine(bundle, preview, precision)
-            reference = OnnxRuntimeEngine(bundle, preview, precision=precision)
-            for check in compare_engines(reference, engine, preview, data, episodes=job.options.episodes):
-                if check.agreement < PLAN_MIN_AGREEMENT[precision]:
-                    raise DistilshotError(
-                        f"the TensorRT plan of {engine.role} disagrees with ONNX Runtime on "
-                        f"{100 * (1 - check.agreement):.2f}% of the queries ({check.protocol}); "
-                        "the bundle is unchanged"
-                    )
-                checks.append(check)
+            with closing(tensorrt_engine.TensorRTEngine(bundle, preview, precision)) as engine:
+                reference = OnnxRuntimeEngine(bundle, preview, precision=precision)
+                for check in compare_engines(reference, engine, preview, data, episodes=job.options.episodes):
+                    if check.agreement < PLAN_MIN_AGREEMENT[precision]:
+                        raise DistilshotError(
+                            f"the TensorRT plan of {engine.role} disagrees with ONNX Runtime on "
+                            f"{100 * (1 - check.agreement):.2f}% of the queries ({check.protocol}); "
+                            "the bundle is unchanged"
+                        )
+                    checks.append(check)
             notes.append(f"built {engine.role} into {engine.plan_path}")
     except EngineUnavailable as why:
         notes.append(f"TensorRT plans not built here ({why}); the tensorrt backend builds them on first use")

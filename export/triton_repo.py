@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from contextlib import closing
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -108,8 +109,8 @@ def build(job: FormatJob) -> Staged:
     try:
         for role, graph in list(manifest.graphs.items()):
             if graph.format == "onnx":
-                engine = tensorrt_engine.TensorRTEngine(bundle, manifest, graph.precision)
-                models[f"{role}-plan"] = ("plan", engine.plan_path)
+                with closing(tensorrt_engine.TensorRTEngine(bundle, manifest, graph.precision)) as engine:
+                    models[f"{role}-plan"] = ("plan", engine.plan_path)
         notes.append(f"the plans are for {engine.gpu.name} and this TensorRT version only")
     except EngineUnavailable as why:
         notes.append(f"no TensorRT plans ({why}); the repository serves the ONNX graphs")

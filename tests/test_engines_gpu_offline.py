@@ -1,25 +1,25 @@
-"""The GPU engines on a machine without a GPU: what can be checked here is checked.
+"""The GPU engines on a machine without a GPU: what can be checked here is checked, against the strict
+fakes of tests/gpu_fakes.py.
 
-- TensorRT: the build runs against a fake `tensorrt` module that records every call (strongly typed
-  network, optimisation profile, TF32 off); the runtime runs against fakes of `tensorrt` and
-  `cuda.bindings.runtime` whose "device memory" is host memory and whose execution context runs the graph
-  with ONNX Runtime, so the named-tensor plumbing (addresses, input shape, execute_async_v3, copies in
-  chunks) is exercised for real; plans are cached by GPU, TensorRT version and graph; missing packages or
-  a missing GPU give a message naming them.
-- ONNX Runtime GPU providers: a fake onnxruntime that lists them shows what is requested (with TensorRT's
-  cache and profile options) and that a silent fall-back to the CPU is caught.
-- `auto` takes the first backend that really runs.
+- TensorRT: the build is recorded (strongly typed network, optimisation profile, TF32 off); the runtime
+  runs the graph with ONNX Runtime in host memory posing as device memory, so the named-tensor plumbing
+  (addresses, input shape within the profile, execute_async_v3 and copies queued on a stream, chunks) is
+  exercised for real; plans are cached by GPU, TensorRT version and graph; a failed allocation and
+  `close` free the device memory; missing packages, a TensorRT that cannot load or a missing GPU give a
+  message naming them.
+- ONNX Runtime GPU providers: what is requested (TensorRT's cache, timing cache and profile options, the
+  cache folder created), that every provider asked for really runs (no silent fall-back to CUDA or the
+  CPU), and that CUDA's libraries are preloaded from NVIDIA's wheels.
+- `auto` takes the first backend that really runs, and moves on, with a warning, past one that fails.
 """
 
 from __future__ import annotations
 
-import ctypes
 import sys
-from types import SimpleNamespace
 
 import numpy as np
-import onnxruntime
 import pytest
+from gpu_fakes import CPU, CUDA, GPU, TENSORRT, FakeCudaRuntime, FakeOrt, FakeTensorRT, plan_bytes
 from serve_fixtures import SIZE, make_bundle
 
 from distilshot.core.manifest import load_manifest
@@ -27,7 +27,7 @@ from distilshot.errors import BundleError, DistilshotError
 from distilshot.serve.classifier import FewShotClassifier
 from distilshot.serve.engines import cuda_engine, open_engine
 from distilshot.serve.engines import tensorrt_engine as trt_engine
-from distilshot.serve.engines.base import EngineUnavailable
+from distilshot.serve.engines.base import EngineFailed, EngineUnavailable
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,7 @@ def bundle(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def engine_cache(tmp_path, monkeypatch):
+    """A fresh machine's cache: DISTILSHOT_CACHE names a folder that does not exist yet."""
     monkeypatch.setenv("DISTILSHOT_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache" / "engines"
 
@@ -45,172 +46,16 @@ def batch(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, 3, SIZE, SIZE)).astype(np.float32)
 
 
-# -- a fake TensorRT + CUDA ------------------------------------------------------------------------
-
-
-class FakeLogger:
-    WARNING = "warning"
-
-    def __init__(self, severity: str) -> None:
-        self.severity = severity
-
-
-class FakeTensorRT:
-    """The slice of the tensorrt module the backend uses, recording what it is asked."""
-
-    __version__ = "11.4.0.106"
-    Logger = FakeLogger
-    NetworkDefinitionCreationFlag = SimpleNamespace(STRONGLY_TYPED=5)
-    MemoryPoolType = SimpleNamespace(WORKSPACE="workspace")
-    BuilderFlag = SimpleNamespace(TF32="tf32")
-    DataType = SimpleNamespace(FLOAT="float")
-
-    def __init__(self, parse_ok: bool = True) -> None:
-        self.calls: list[tuple] = []
-        self.parse_ok = parse_ok
-        self.graph_bytes = b""
-        fake = self
-
-        class Builder:
-            def __init__(self, logger):
-                fake.calls.append(("Builder", logger.severity))
-
-            def create_network(self, flags):
-                fake.calls.append(("create_network", flags))
-                return "network"
-
-            def create_builder_config(self):
-                return Config()
-
-            def create_optimization_profile(self):
-                return Profile()
-
-            def build_serialized_network(self, network, config):
-                fake.calls.append(("build", network, config.flags_cleared, config.profiles))
-                return b"PLAN" + fake.graph_bytes
-
-        class Config:
-            def __init__(self):
-                self.flags_cleared, self.profiles = [], []
-
-            def set_memory_pool_limit(self, pool, size):
-                fake.calls.append(("memory_pool", pool, size))
-
-            def clear_flag(self, flag):
-                self.flags_cleared.append(flag)
-
-            def add_optimization_profile(self, profile):
-                self.profiles.append(profile.shapes)
-
-        class Profile:
-            def set_shape(self, name, low, opt, high):
-                self.shapes = (name, low, opt, high)
-
-        class OnnxParser:
-            def __init__(self, network, logger):
-                self.num_errors = 0 if fake.parse_ok else 1
-
-            def parse(self, data):
-                fake.graph_bytes = data
-                fake.calls.append(("parse", len(data)))
-                return fake.parse_ok
-
-            def get_error(self, i):
-                return "In node 0: unsupported operator FancyOp"
-
-        self.Builder, self.OnnxParser = Builder, OnnxParser
-        self.Runtime = lambda logger: SimpleNamespace(deserialize_cuda_engine=fake.deserialize)
-
-    def deserialize(self, plan: bytes):
-        assert plan.startswith(b"PLAN")
-        return FakeEngine(self, plan[4:])
-
-
-class FakeEngine:
-    """A "plan" that runs its ONNX graph with ONNX Runtime, reading and writing device (host) memory."""
-
-    def __init__(self, trt: FakeTensorRT, graph: bytes) -> None:
-        self.trt = trt
-        self.session = onnxruntime.InferenceSession(graph, providers=["CPUExecutionProvider"])
-        self.names = [i.name for i in self.session.get_inputs()] + [
-            o.name for o in self.session.get_outputs()
-        ]
-        self.num_io_tensors = len(self.names)
-
-    def get_tensor_name(self, i):
-        return self.names[i]
-
-    def get_tensor_dtype(self, name):
-        return self.trt.DataType.FLOAT
-
-    def create_execution_context(self):
-        return FakeContext(self)
-
-
-class FakeContext:
-    def __init__(self, engine: FakeEngine) -> None:
-        self.engine, self.addresses, self.shape = engine, {}, None
-        self.executions: list[tuple] = []
-
-    def set_tensor_address(self, name, pointer):
-        self.addresses[name] = pointer
-
-    def set_input_shape(self, name, shape):
-        self.shape = (name, tuple(shape))
-
-    def execute_async_v3(self, stream):
-        name, shape = self.shape
-        x = np.ctypeslib.as_array((ctypes.c_float * int(np.prod(shape))).from_address(self.addresses[name]))
-        outputs = self.engine.session.run(None, {name: x.reshape(shape).copy()})
-        for meta, value in zip(self.engine.session.get_outputs(), outputs, strict=True):
-            ctypes.memmove(self.addresses[meta.name], value.ctypes.data, value.nbytes)
-        self.executions.append((stream, shape))
-        return True
-
-
-class FakeCudaRuntime:
-    """cuda.bindings.runtime with host memory as "device" memory."""
-
-    cudaMemcpyKind = SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
-
-    def __init__(self, devices: int = 1) -> None:
-        self.devices, self.buffers = devices, {}
-
-    def cudaGetDeviceCount(self):
-        return (0, self.devices) if self.devices else (100, 0)  # 100: cudaErrorNoDevice
-
-    def cudaGetDeviceProperties(self, device):
-        return 0, SimpleNamespace(name=b"Fake GPU 80GB\x00", major=9, minor=0)
-
-    def cudaMalloc(self, size):
-        buffer = (ctypes.c_char * size)()
-        self.buffers[ctypes.addressof(buffer)] = buffer
-        return 0, ctypes.addressof(buffer)
-
-    def cudaFree(self, pointer):
-        self.buffers.pop(pointer, None)
-        return (0,)
-
-    def cudaMemcpyAsync(self, dst, src, size, kind, stream):
-        ctypes.memmove(dst, src, size)
-        return (0,)
-
-    def cudaStreamCreate(self):
-        return 0, 7
-
-    def cudaStreamSynchronize(self, stream):
-        return (0,)
-
-    def cudaStreamDestroy(self, stream):
-        return (0,)
+def use_gpu(monkeypatch, trt: FakeTensorRT, cudart: FakeCudaRuntime) -> tuple[FakeTensorRT, FakeCudaRuntime]:
+    trt.cudart = cudart
+    monkeypatch.setattr(trt_engine, "import_tensorrt", lambda: (trt, cudart))
+    monkeypatch.setattr(trt_engine, "is_available", lambda: True)
+    return trt, cudart
 
 
 @pytest.fixture
 def fake_gpu(monkeypatch):
-    trt, cudart = FakeTensorRT(), FakeCudaRuntime()
-    monkeypatch.setattr(trt_engine, "import_tensorrt", lambda: (trt, cudart))
-    monkeypatch.setattr(trt_engine, "is_available", lambda: True)
-    return trt, cudart
+    return use_gpu(monkeypatch, FakeTensorRT(), FakeCudaRuntime())
 
 
 # -- TensorRT ----------------------------------------------------------------------------------------
@@ -220,7 +65,7 @@ def test_build_plan_uses_a_strongly_typed_network_and_a_batch_profile(bundle):
     trt = FakeTensorRT()
     graph = (bundle / "embedder.onnx").read_bytes()
     plan = trt_engine.build_plan(trt, graph, "image", (3, SIZE, SIZE), profile=(1, 32, 64))
-    assert plan == b"PLAN" + graph
+    assert plan == plan_bytes("image", (1, 3, SIZE, SIZE), (64, 3, SIZE, SIZE), graph)
     calls = dict((c[0], c[1:]) for c in trt.calls)
     assert calls["create_network"] == (1 << 5,)  # 1 << STRONGLY_TYPED: precision from the graph's types
     assert calls["parse"] == (len(graph),)
@@ -231,7 +76,9 @@ def test_build_plan_uses_a_strongly_typed_network_and_a_batch_profile(bundle):
 
 
 def test_a_graph_tensorrt_cannot_parse_is_refused_with_its_errors(bundle):
-    with pytest.raises(BundleError, match="TensorRT cannot parse the graph: In node 0: unsupported operator"):
+    with pytest.raises(
+        EngineFailed, match="TensorRT cannot parse the graph: In node 0: unsupported operator"
+    ):
         trt_engine.build_plan(FakeTensorRT(parse_ok=False), b"graph", "image", (3, SIZE, SIZE))
 
 
@@ -270,6 +117,42 @@ def test_plans_are_cached_by_gpu_tensorrt_and_graph(bundle, fake_gpu, engine_cac
         assert other.path(engine_cache) != key.path(engine_cache)
 
 
+def test_a_batch_outside_the_plans_profile_is_refused_not_run_on_the_old_shape(bundle, fake_gpu):
+    manifest = load_manifest(bundle)
+    plan_path = open_engine(bundle, manifest, "tensorrt").plan_path
+    # a cached plan whose profile stops at 32 images (built elsewhere, or by another distilshot)
+    graph = plan_path.read_bytes().split(b"\n", 1)[1]
+    plan_path.write_bytes(plan_bytes("image", (1, 3, SIZE, SIZE), (32, 3, SIZE, SIZE), graph))
+    engine = open_engine(bundle, manifest, "tensorrt")
+    assert engine.embed(batch(3))["global"].shape == (3, 4)
+    with pytest.raises(DistilshotError, match=r"TensorRT refused input shape \[40, 3, 16, 16\].*delete it"):
+        engine.embed(batch(40))  # TensorRT would keep the 3-image shape: 37 rows of stale memory
+
+
+def test_a_failed_allocation_frees_the_device_memory_already_allocated(bundle, monkeypatch):
+    input_bytes = 4 * 3 * SIZE * SIZE * trt_engine.CHUNK_SIZE
+    _, cudart = use_gpu(monkeypatch, FakeTensorRT(), FakeCudaRuntime(memory=input_bytes + 100))
+    with pytest.raises(EngineFailed, match="CUDA call failed: 2"):  # cudaErrorMemoryAllocation
+        open_engine(bundle, load_manifest(bundle), "tensorrt")
+    assert cudart.buffers == {} and cudart.streams == {}
+
+
+def test_close_frees_the_device_memory_at_once_and_embed_refuses_after(bundle, fake_gpu):
+    _, cudart = fake_gpu
+    engine = open_engine(bundle, load_manifest(bundle), "tensorrt")
+    assert len(cudart.buffers) == 3 and len(cudart.streams) == 1
+    engine.embed(batch(2))
+    engine.close()
+    assert cudart.buffers == {} and cudart.streams == {}
+    engine.close()  # again: nothing left to free
+    with pytest.raises(DistilshotError, match="the tensorrt engine is closed"):
+        engine.embed(batch(2))
+    cpu = open_engine(bundle, load_manifest(bundle), "onnxruntime")
+    cpu.close()
+    with pytest.raises(DistilshotError, match="the onnxruntime engine is closed"):
+        cpu.embed(batch(2))
+
+
 def test_tensorrt_without_its_packages_or_a_gpu_says_what_is_missing(bundle, monkeypatch):
     manifest = load_manifest(bundle)
     monkeypatch.setitem(sys.modules, "tensorrt", None)
@@ -283,63 +166,72 @@ def test_tensorrt_without_its_packages_or_a_gpu_says_what_is_missing(bundle, mon
 # -- ONNX Runtime GPU providers ----------------------------------------------------------------------
 
 
-class FakeOrt:
-    """onnxruntime as onnxruntime-gpu on a machine whose GPU providers may or may not really load."""
-
-    SessionOptions = onnxruntime.SessionOptions
-    __spec__ = onnxruntime.__spec__  # importlib.util.find_spec looks at it
-
-    def __init__(self, available: list[str], in_use: list[str] | None = None) -> None:
-        self.available, self.in_use, self.requested = available, in_use, None
-
-    def get_available_providers(self):
-        return self.available
-
-    def InferenceSession(self, path, sess_options, providers):
-        self.requested = providers
-        session = onnxruntime.InferenceSession(path, sess_options, providers=["CPUExecutionProvider"])
-        in_use = self.in_use if self.in_use is not None else [name for name, _ in providers]
-        return SimpleNamespace(
-            get_inputs=session.get_inputs,
-            get_outputs=session.get_outputs,
-            run=session.run,
-            get_providers=lambda: in_use,
-        )
-
-
-GPU = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-
-
 def test_gpu_providers_are_requested_with_options_and_reported_in_use(bundle, monkeypatch, engine_cache):
     fake = FakeOrt(GPU)
     monkeypatch.setitem(sys.modules, "onnxruntime", fake)
     engine = open_engine(bundle, load_manifest(bundle), "onnxruntime", providers=GPU)
     names = [name for name, _ in fake.requested]
-    assert names == GPU and engine.providers_in_use == GPU
+    assert names == GPU and engine.providers_in_use == GPU  # TensorRT started on a fresh machine
     options = dict(fake.requested)
-    assert options["CUDAExecutionProvider"] == {} and options["CPUExecutionProvider"] == {}
-    assert options["TensorrtExecutionProvider"] == {
+    assert options[CUDA] == {} and options[CPU] == {}
+    cache = engine_cache / "onnxruntime-tensorrt"
+    assert options[TENSORRT] == {
         "trt_engine_cache_enable": True,
-        "trt_engine_cache_path": str(engine_cache / "onnxruntime-tensorrt"),
+        "trt_engine_cache_path": str(cache),
         "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(cache),
         "trt_profile_min_shapes": f"image:1x3x{SIZE}x{SIZE}",
         "trt_profile_opt_shapes": f"image:64x3x{SIZE}x{SIZE}",
         "trt_profile_max_shapes": f"image:64x3x{SIZE}x{SIZE}",
     }
+    assert fake.caches == {"engine": cache, "timing": cache} and cache.is_dir()  # not the working dir
     assert engine.embed(batch(3))["global"].shape == (3, 4)
 
 
+def test_a_tensorrt_provider_that_does_not_start_is_refused_not_replaced_by_cuda(
+    bundle, monkeypatch, tmp_path
+):
+    manifest = load_manifest(bundle)
+    monkeypatch.setitem(sys.modules, "onnxruntime", FakeOrt(GPU, starts={CUDA, CPU}))  # no libnvinfer
+    with pytest.raises(EngineUnavailable, match=r"fell back to \['CUDAExecutionProvider', 'CPUEx.*"
+                       r"\['TensorrtExecutionProvider'\] did not load"):  # fmt: skip
+        open_engine(bundle, manifest, "onnxruntime", providers=GPU)
+    # a cache the provider cannot create: ONNX Runtime's own fall-back would retry with CUDA
+    monkeypatch.setitem(sys.modules, "onnxruntime", FakeOrt(GPU))
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("DISTILSHOT_CACHE", str(tmp_path / "a-file"))
+    with pytest.raises(EngineFailed, match=r"cannot create the TensorRT engine cache .*a-file/engines"):
+        open_engine(bundle, manifest, "onnxruntime", providers=GPU)
+
+
+def test_cuda_libraries_from_nvidia_wheels_are_preloaded_and_their_absence_explained(bundle, monkeypatch):
+    """Serving runs without torch, which would load CUDA and cuDNN: on a host with only the driver and
+    onnxruntime-gpu[cuda,cudnn], ONNX Runtime finds them only when preloaded."""
+    manifest = load_manifest(bundle)
+    monkeypatch.setattr(trt_engine, "is_available", lambda: False)
+    wheels = FakeOrt([CUDA, CPU], cuda_libraries="wheels")
+    monkeypatch.setitem(sys.modules, "onnxruntime", wheels)
+    engine = open_engine(bundle, manifest, "cuda")
+    assert wheels.preloaded and engine.providers_in_use == [CUDA, CPU]
+    monkeypatch.setitem(sys.modules, "onnxruntime", FakeOrt([CUDA, CPU], cuda_libraries=None))
+    with pytest.raises(
+        EngineUnavailable, match=r"onnxruntime-gpu\[cuda,cudnn\].*preloading reported: Failed"
+    ):
+        open_engine(bundle, manifest, "cuda")
+
+
 def test_a_silent_fall_back_to_the_cpu_is_caught(bundle, monkeypatch):
-    monkeypatch.setitem(sys.modules, "onnxruntime", FakeOrt(GPU, in_use=["CPUExecutionProvider"]))
+    monkeypatch.setitem(sys.modules, "onnxruntime", FakeOrt(GPU, starts={CPU}))
     monkeypatch.setattr(trt_engine, "is_available", lambda: False)  # the tensorrt backend: not installed
     manifest = load_manifest(bundle)
     with pytest.raises(EngineUnavailable, match=r"asked for \['TensorrtExecutionProvider', 'CUDAExecution"):
         open_engine(bundle, manifest, "onnxruntime", providers=GPU)
     with pytest.raises(EngineUnavailable, match="fell back to \\['CPUExecutionProvider'\\]"):
         open_engine(bundle, manifest, "cuda")
-    # auto skips the GPU backends that do not really run and says what it runs instead
-    engine = open_engine(bundle, manifest)
-    assert engine.name == "onnxruntime" and engine.providers_in_use == ["CPUExecutionProvider"]
+    # auto skips the GPU backends that do not really run, warns, and says what it runs instead
+    with pytest.warns(RuntimeWarning, match="backend cuda cannot run"):
+        engine = open_engine(bundle, manifest)
+    assert engine.name == "onnxruntime" and engine.providers_in_use == [CPU]
 
 
 def test_cuda_backend_when_cuda_really_runs(bundle, monkeypatch):
@@ -370,6 +262,56 @@ def test_auto_prefers_tensorrt_when_a_gpu_runs_it_and_info_reports_it(bundle, fa
         info = classifier.info()
     assert info["engine"] == "tensorrt" and info["graph"] == "embedder" and info["precision"] == "fp32"
     assert info["providers"] == ["TensorRT 11.4.0.106 on Fake GPU 80GB (compute 9.0), fp32 graph"]
+
+
+UNLOADABLE_TENSORRT = "raise ImportError('libnvinfer.so.11: cannot open shared object file')\n"
+GPU_FAILURES = {  # how a GPU backend fails on real hardware -> what its error says
+    "parse": ("tensorrt", "TensorRT cannot parse the graph: In node 0"),
+    "build": ("tensorrt", "TensorRT could not build a plan"),
+    "deserialize": ("tensorrt", "TensorRT cannot load the cached plan"),
+    "unwritable cache": ("tensorrt", "cannot write the TensorRT plan to .*set DISTILSHOT_CACHE"),
+    "device memory": ("tensorrt", "CUDA call failed: 2"),
+    "tensorrt cannot load": ("tensorrt", "tensorrt is installed but cannot load: libnvinfer.so.11"),
+    "onnxruntime session": ("cuda", r"could not start \['CUDAExecutionProvider'\].*CUDA failure 100"),
+}
+
+
+def fail_like(failure: str, monkeypatch, tmp_path) -> None:
+    """Makes the GPU backend of GPU_FAILURES[failure] fail that way; the other GPU backend is absent."""
+    if failure == "onnxruntime session":
+        monkeypatch.setattr(trt_engine, "is_available", lambda: False)
+        monkeypatch.setitem(sys.modules, "onnxruntime", FakeOrt([CUDA, CPU], fails={CUDA}))
+        return
+    monkeypatch.setattr(cuda_engine, "is_available", lambda: False)
+    if failure == "tensorrt cannot load":  # the packages are there; importing tensorrt fails
+        for package, text in (("tensorrt", UNLOADABLE_TENSORRT), ("cuda/bindings", ""), ("cuda", "")):
+            (tmp_path / "site" / package).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "site" / package / "__init__.py").write_text(text)
+        (tmp_path / "site" / "cuda" / "bindings" / "runtime.py").write_text("")
+        monkeypatch.syspath_prepend(tmp_path / "site")
+        for module in ("tensorrt", "cuda", "cuda.bindings", "cuda.bindings.runtime"):
+            monkeypatch.delitem(sys.modules, module, raising=False)
+        return
+    flags = {"parse": {"parse_ok": False}, "build": {"build_ok": False}}
+    flags["deserialize"] = {"deserialize_ok": False}
+    memory = 100 if failure == "device memory" else 1 << 30
+    use_gpu(monkeypatch, FakeTensorRT(**flags.get(failure, {})), FakeCudaRuntime(memory=memory))
+    if failure == "unwritable cache":
+        (tmp_path / "a-file").write_text("")
+        monkeypatch.setenv("DISTILSHOT_CACHE", str(tmp_path / "a-file"))
+
+
+@pytest.mark.parametrize("failure", list(GPU_FAILURES))
+def test_auto_warns_and_moves_on_past_a_gpu_backend_that_fails(bundle, failure, monkeypatch, tmp_path):
+    backend, message = GPU_FAILURES[failure]
+    fail_like(failure, monkeypatch, tmp_path)
+    manifest = load_manifest(bundle)
+    with pytest.warns(RuntimeWarning, match=f"backend {backend} cannot run .*{message}"):
+        engine = open_engine(bundle, manifest)
+    assert engine.name == "onnxruntime" and engine.providers_in_use == [CPU]
+    expected = EngineUnavailable if failure == "tensorrt cannot load" else EngineFailed
+    with pytest.raises(expected, match=message):  # asked for by name: the error itself
+        open_engine(bundle, manifest, backend)
 
 
 def test_auto_on_a_cpu_only_machine(bundle, cpu_only):

@@ -19,9 +19,16 @@ class EngineUnavailable(DistilshotError):
     """The backend cannot run here (package, device or provider missing); `auto` moves on to the next."""
 
 
+class EngineFailed(DistilshotError):
+    """The backend is installed but failed on this graph or device (a provider that would not start, a
+    plan TensorRT cannot parse, build or load, an unwritable engine cache, a CUDA error); `auto` warns and
+    moves on to the next, a backend asked for by name stops here."""
+
+
 class Engine(Protocol):
     """Runs one of a bundle's embedder graphs (`role` in manifest.graphs): NCHW float32 in, one [N, dim]
-    float32 array per named output out. `providers_in_use` says what really runs it (device, precision)."""
+    float32 array per named output out. `providers_in_use` says what really runs it (device, precision);
+    `close` frees what it holds (device memory, sessions) at once, after which `embed` refuses."""
 
     name: str
     role: str
@@ -30,6 +37,12 @@ class Engine(Protocol):
     def providers_in_use(self) -> list[str]: ...
 
     def embed(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+def closed_error(name: str) -> DistilshotError:
+    return DistilshotError(f"the {name} engine is closed")
 
 
 def graph_role(manifest: Manifest, precision: str, formats: tuple[str, ...] = ("onnx",)) -> str:

@@ -1,9 +1,13 @@
 """The ONNX Runtime backend: CPU by default; GPU execution providers (TensorRT, CUDA) on request, with a
-check that they are really in use, since ONNX Runtime falls back to the CPU silently."""
+check that every one asked for is really in use: ONNX Runtime drops a provider whose libraries do not
+load and, when the TensorRT provider fails to start, retries with CUDA on its own (its `enable_fallback`,
+turned off here), both without an error."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,8 +18,10 @@ from distilshot.core.manifest import Manifest
 from distilshot.errors import BundleError
 from distilshot.serve.engines.base import (
     CHUNK_SIZE,
+    EngineFailed,
     EngineUnavailable,
     check_batch,
+    closed_error,
     embed_in_chunks,
     graph_role,
 )
@@ -24,24 +30,47 @@ from distilshot.serve.engines.registry import backend
 
 INSTALL_HINT = "pip install distilshot[cpu] (or distilshot[gpu] for CUDA)"
 CPU = "CPUExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
 DEFAULT_PROVIDERS = (CPU,)
+# onnxruntime-gpu 1.31 is built for CUDA 13 and cuDNN 9, which [gpu] does not install
+GPU_LIBRARIES_HINT = (
+    "missing CUDA 13 and cuDNN 9 libraries: pip install 'onnxruntime-gpu[cuda,cudnn]' (NVIDIA's wheels), "
+    "or the system's CUDA 13 runtime, cuBLAS, cuFFT, cuRAND, NVRTC and cuDNN 9 on the library path"
+)
 
 
 def is_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
+def tensorrt_cache_dir() -> Path:
+    """The TensorRT provider's engine and timing cache folder, created: the provider makes only the last
+    folder of the path, and fails to start when its parent is missing."""
+    folder = engine_cache_dir() / "onnxruntime-tensorrt"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise EngineFailed(
+            f"cannot create the TensorRT engine cache {folder} ({error.strerror}); "
+            "set DISTILSHOT_CACHE to a writable folder"
+        ) from None
+    return folder
+
+
 def provider_options(name: str, manifest: Manifest, role: str) -> dict[str, Any]:
     """Options for one execution provider. TensorRT gets an engine cache (its engines take minutes to
-    build) and an optimisation profile covering batches of 1 to CHUNK_SIZE images."""
-    if name != "TensorrtExecutionProvider":
+    build) with its timing cache in it (by default that goes to the working directory), and an
+    optimisation profile covering batches of 1 to CHUNK_SIZE images."""
+    if name != TENSORRT:
         return {}
     prep, graph = manifest.preprocessing, manifest.graphs[role]
     image = f"{prep.channels}x{prep.height}x{prep.width}"
+    cache = str(tensorrt_cache_dir())
     return {
         "trt_engine_cache_enable": True,
-        "trt_engine_cache_path": str(engine_cache_dir() / "onnxruntime-tensorrt"),
+        "trt_engine_cache_path": cache,
         "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": cache,
         "trt_profile_min_shapes": f"{graph.input}:1x{image}",
         "trt_profile_opt_shapes": f"{graph.input}:{CHUNK_SIZE}x{image}",
         "trt_profile_max_shapes": f"{graph.input}:{CHUNK_SIZE}x{image}",
@@ -77,21 +106,26 @@ class OnnxRuntimeEngine:
                 f"available: {ort.get_available_providers()}"
             )
         path = Path(bundle_dir) / self._graph.file
+        accelerators = [p for p in requested if p != CPU]
+        not_loaded = preload_gpu_libraries(ort) if accelerators else ""
+        with_options = [(p, provider_options(p, manifest, self.role)) for p in requested]
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: ORT's warnings are not actionable for users
         try:
             self._session = ort.InferenceSession(
-                str(path),
-                sess_options=options,
-                providers=[(p, provider_options(p, manifest, self.role)) for p in requested],
+                str(path), sess_options=options, providers=with_options, enable_fallback=0
             )
         except Exception as error:  # ORT raises its own pybind exception types for bad graphs
+            if accelerators:
+                raise EngineFailed(f"onnxruntime could not start {accelerators} on {path}: {error}") from None
             raise BundleError(f"onnxruntime cannot load {path}: {error}") from None
-        accelerators = [p for p in requested if p != CPU]
-        if accelerators and not set(accelerators) & set(self.providers_in_use):
+        self._providers = list(self._session.get_providers())
+        dropped = [p for p in accelerators if p not in self._providers]
+        if dropped:
+            reported = f" (preloading reported: {not_loaded})" if not_loaded else ""
             raise EngineUnavailable(
-                f"onnxruntime was asked for {accelerators} but fell back to {self.providers_in_use}: "
-                "no usable GPU, or its CUDA/cuDNN/TensorRT libraries are missing"
+                f"onnxruntime was asked for {accelerators} but fell back to {self._providers}: "
+                f"{dropped} did not load: no usable GPU, or {GPU_LIBRARIES_HINT}{reported}"
             )
         self._check_signature(path)
 
@@ -127,16 +161,33 @@ class OnnxRuntimeEngine:
 
     @property
     def providers_in_use(self) -> list[str]:
-        return list(self._session.get_providers())
+        return list(self._providers)
 
     def embed(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        session = self._session
+        if session is None:
+            raise closed_error(self.name)
         check_batch(batch, self._manifest.preprocessing)
         names = [o.name for o in self._graph.outputs]
 
         def run(chunk: np.ndarray) -> dict[str, np.ndarray]:
-            return dict(zip(names, self._session.run(names, {self._graph.input: chunk}), strict=True))
+            return dict(zip(names, session.run(names, {self._graph.input: chunk}), strict=True))
 
         return embed_in_chunks(run, batch, self._graph, self._chunk_size)
+
+    def close(self) -> None:
+        """Drops the session, and with it the memory its providers hold (on the GPU for CUDA/TensorRT)."""
+        self._session = None
+
+
+def preload_gpu_libraries(ort: Any) -> str:
+    """Loads CUDA and cuDNN for the GPU providers where ONNX Runtime finds them (NVIDIA's pip wheels, then
+    the library path): serving runs without torch, which would otherwise have loaded them. Returns what
+    it reported (the libraries it could not load), for the error message if a provider then drops."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):  # it prints its failures
+        ort.preload_dlls()
+    return " ".join(printed.getvalue().split())
 
 
 @backend("onnxruntime")

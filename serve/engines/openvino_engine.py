@@ -16,6 +16,7 @@ from distilshot.serve.engines.base import (
     CHUNK_SIZE,
     EngineUnavailable,
     check_batch,
+    closed_error,
     embed_in_chunks,
     graph_role,
 )
@@ -93,11 +94,18 @@ class OpenVinoEngine:
 
         def run(chunk: np.ndarray) -> dict[str, np.ndarray]:
             with self._lock:
+                if self._request is None:
+                    raise closed_error(self.name)
                 result = self._request.infer({self._graph.input: chunk})
                 # the request reuses its output buffers on the next call
                 return {name: np.array(result[port]) for name, port in self._ports.items()}
 
         return embed_in_chunks(run, batch, self._graph, self._chunk_size)
+
+    def close(self) -> None:
+        """Drops the infer request and the compiled model."""
+        with self._lock:
+            self._request = self._compiled = None
 
 
 @backend("openvino")

@@ -5,7 +5,9 @@ own (fp32, fp16 from the fp16 graph, int8 from the Q/DQ graph); one optimisation
 
 Plans are specific to a GPU and a TensorRT version, so they live in the engine cache, keyed by GPU name,
 compute capability, TensorRT version, the graph's sha256 and the profile, and are built on first use.
-`tensorrt` and `cuda.bindings` are imported only when this backend is opened.
+`tensorrt` and `cuda.bindings` are imported only when this backend is opened. A TensorRT that cannot
+load is EngineUnavailable; a graph it cannot parse or build, a plan it cannot load, an unwritable cache
+or a CUDA error is EngineFailed (serve/engines/base.py): `auto` moves on after either.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from distilshot.core.manifest import Manifest
 from distilshot.errors import BundleError, DistilshotError
 from distilshot.serve.engines.base import (
     CHUNK_SIZE,
+    EngineFailed,
     EngineUnavailable,
     check_batch,
+    closed_error,
     embed_in_chunks,
     graph_role,
 )
@@ -51,7 +55,10 @@ def import_tensorrt() -> tuple[ModuleType, ModuleType]:
     missing = [package for module, package in REQUIRED.items() if not _importable(module)]
     if missing:
         raise EngineUnavailable(f"the tensorrt backend needs {', '.join(missing)}: {INSTALL_HINT}")
-    return importlib.import_module("tensorrt"), importlib.import_module("cuda.bindings.runtime")
+    try:
+        return importlib.import_module("tensorrt"), importlib.import_module("cuda.bindings.runtime")
+    except (ImportError, OSError) as error:  # installed, but its libraries (or the driver's) do not load
+        raise EngineUnavailable(f"tensorrt is installed but cannot load: {error}") from None
 
 
 def _importable(module: str) -> bool:
@@ -65,7 +72,7 @@ def cuda_check(result: tuple[Any, ...]) -> Any:
     """cuda.bindings calls return (error, *values); raise on an error, return the value(s)."""
     error, *values = result
     if int(error) != 0:
-        raise DistilshotError(f"CUDA call failed: {error}")
+        raise EngineFailed(f"CUDA call failed: {error}")
     return values[0] if len(values) == 1 else tuple(values)
 
 
@@ -116,7 +123,7 @@ def build_plan(
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_bytes):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BundleError(f"TensorRT cannot parse the graph: {errors}")
+        raise EngineFailed(f"TensorRT cannot parse the graph: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
     config.clear_flag(trt.BuilderFlag.TF32)
@@ -125,7 +132,7 @@ def build_plan(
     config.add_optimization_profile(optimisation)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise DistilshotError("TensorRT could not build a plan for the graph; see its log above")
+        raise EngineFailed("TensorRT could not build a plan for the graph; see its log above")
     return bytes(plan)
 
 
@@ -135,26 +142,40 @@ def load_or_build_plan(trt: ModuleType, key: PlanKey, graph_path: Path, **build:
     if path.is_file():
         return path.read_bytes(), path
     plan = build_plan(trt, graph_path.read_bytes(), profile=key.profile, **build)
+    try:
+        write_atomic(path, plan)
+    except OSError as error:
+        raise EngineFailed(
+            f"cannot write the TensorRT plan to {path.parent} ({error.strerror}); "
+            "set DISTILSHOT_CACHE to a writable folder"
+        ) from None
+    return plan, path
+
+
+def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(plan)
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return plan, path
 
 
 class TensorRTEngine:
-    """Runs one of the bundle's ONNX graphs as a TensorRT plan on CUDA device 0."""
+    """Runs one of the bundle's ONNX graphs as a TensorRT plan on CUDA device 0. `close` frees its device
+    memory and stream (a failed open frees what it had allocated)."""
 
     name = "tensorrt"
 
     def __init__(self, bundle_dir: Path, manifest: Manifest, precision: str = "fp32") -> None:
         trt, cudart = import_tensorrt()
         self._trt, self._cudart = trt, cudart
+        self._buffers: dict[str, tuple[int, int]] = {}  # tensor name -> (device pointer, bytes per image)
+        self._stream: Any = None
+        self._lock = threading.Lock()  # one execution context runs one batch at a time
         self.gpu = current_gpu(cudart)
         self.role = graph_role(manifest, precision)
         self._manifest = manifest
@@ -179,30 +200,30 @@ class TensorRTEngine:
         self._runtime = trt.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
-            raise DistilshotError(
-                f"TensorRT cannot load the cached plan {self.plan_path}; delete it to rebuild"
-            )
+            raise EngineFailed(f"TensorRT cannot load the cached plan {self.plan_path}; delete it to rebuild")
         self._context = self._engine.create_execution_context()
-        self._stream = cuda_check(cudart.cudaStreamCreate())
-        self._buffers = self._allocate()
-        self._lock = threading.Lock()  # one execution context runs one batch at a time
+        try:
+            self._stream = cuda_check(cudart.cudaStreamCreate())
+            self._allocate()
+        except BaseException:
+            self.close()
+            raise
 
-    def _allocate(self) -> dict[str, tuple[int, int]]:
-        """Device buffers for the largest batch, by tensor name: (pointer, bytes per image)."""
+    def _allocate(self) -> None:
+        """Device buffers for the largest batch, into self._buffers as they are made (so that close frees
+        them if a later one fails)."""
         trt = self._trt
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         expected = {self._graph.input: self._image, **{o.name: (o.dim,) for o in self._graph.outputs}}
         if sorted(names) != sorted(expected):
             raise BundleError(f"the TensorRT plan has tensors {names}; the manifest says {sorted(expected)}")
-        buffers = {}
         for name in names:
             if self._engine.get_tensor_dtype(name) != trt.DataType.FLOAT:
                 raise BundleError(f"TensorRT tensor {name!r} is not float32; graphs take and give float32")
             per_image = 4 * int(np.prod(expected[name]))
             pointer = cuda_check(self._cudart.cudaMalloc(per_image * CHUNK_SIZE))
+            self._buffers[name] = (pointer, per_image)
             self._context.set_tensor_address(name, pointer)
-            buffers[name] = (pointer, per_image)
-        return buffers
 
     @property
     def providers_in_use(self) -> list[str]:
@@ -215,8 +236,14 @@ class TensorRTEngine:
         cudart, kinds = self._cudart, self._cudart.cudaMemcpyKind
         chunk = np.ascontiguousarray(chunk)
         with self._lock:
+            if self._stream is None:
+                raise closed_error(self.name)
+            if not self._context.set_input_shape(self._graph.input, chunk.shape):
+                raise DistilshotError(
+                    f"TensorRT refused input shape {list(chunk.shape)} for {self._graph.input!r}: the plan "
+                    f"{self.plan_path} was not built for it (delete it to rebuild)"
+                )
             pointer, _ = self._buffers[self._graph.input]
-            self._context.set_input_shape(self._graph.input, chunk.shape)
             cuda_check(
                 cudart.cudaMemcpyAsync(
                     pointer, chunk.ctypes.data, chunk.nbytes, kinds.cudaMemcpyHostToDevice, self._stream
@@ -237,19 +264,28 @@ class TensorRTEngine:
                     )
                 )
                 out[output.name] = host
-            cuda_check(cudart.cudaStreamSynchronize(self._stream))
+            cuda_check(cudart.cudaStreamSynchronize(self._stream))  # the host arrays are filled now
         return out
 
     def embed(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         check_batch(batch, self._manifest.preprocessing)
         return embed_in_chunks(self._run, batch, self._graph, CHUNK_SIZE)
 
+    def close(self) -> None:
+        """Waits for the stream's work, frees the device buffers and the stream; again: nothing to do."""
+        with self._lock:
+            cudart, stream, buffers = self._cudart, self._stream, self._buffers
+            self._stream, self._buffers = None, {}
+            if stream is not None:
+                cudart.cudaStreamSynchronize(stream)  # a failed run may have left copies queued
+            for pointer, _ in buffers.values():
+                cudart.cudaFree(pointer)
+            if stream is not None:
+                cudart.cudaStreamDestroy(stream)
+
     def __del__(self) -> None:
-        cudart = getattr(self, "_cudart", None)
-        for pointer, _ in getattr(self, "_buffers", {}).values():
-            cudart.cudaFree(pointer)
-        if getattr(self, "_stream", None) is not None:
-            cudart.cudaStreamDestroy(self._stream)
+        if hasattr(self, "_lock"):  # not when the packages failed to import
+            self.close()
 
 
 @backend("tensorrt")
