@@ -23,12 +23,10 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from distilshot_cli import cli
 from published import PUBLISHED_PAPER_CIFAR_FS
 from timing import log_span
@@ -196,10 +194,9 @@ def run_job(job: Job, episodes: int) -> list[dict[str, Any]]:
 
 def run_generators(episodes: int) -> list[dict[str, Any]]:
     """Plain vs generator-augmented prototypes on the converged pretrain embedder."""
-    from distilshot.train.checkpoint import load_model
-    from distilshot.train.data.registry import load_split
-    from distilshot.train.evaluation import extract_features
-    from distilshot.train.generator import GeneratorConfig, evaluate_generators, train_generators
+    from generators import frozen_features, generator_trial
+
+    from distilshot.train.generator import GeneratorConfig
 
     run = RUNS / "generators"
     done = run / "result.json"
@@ -208,29 +205,13 @@ def run_generators(episodes: int) -> list[dict[str, Any]]:
     if not (RUNS / "pretrain" / "result.json").is_file():
         sys.exit("job generators needs job pretrain first")
     commits = record_commit(run)
-    model, spec, _ = load_model(RUNS / TEACHER)
-    train = load_split("cifar-fs", "train", spec.image_size)
-    test = load_split("cifar-fs", "test", spec.image_size)
-    base = extract_features(model, train.images, spec.mean, spec.std)["embedding"]
-    held_out = extract_features(model, test.images, spec.mean, spec.std)["embedding"]
-    k_max = min(128, int(np.bincount(train.labels).min()) - 1)
+    features = frozen_features(RUNS / TEACHER)
     rows = []
     for name, members in (("generator weaken-student", 1), ("generator weaken-student x 3", 3)):
-        cfg = GeneratorConfig(schedule="weaken-student", k_max=k_max, members=members)
-        start = time.perf_counter()
-        trained, _ = train_generators(base, train.labels, cfg)
-        seconds = round(time.perf_counter() - start)
-        for k in (1, 5):
-            plain, augmented = evaluate_generators(
-                trained,
-                held_out,
-                test.labels,
-                split=test.name,
-                n_way=5,
-                k_shot=k,
-                k_max=k_max,
-                episodes=episodes,
-            )
+        cfg = GeneratorConfig(schedule="weaken-student", k_max=features.k_max, members=members)
+        elapsed, scores = generator_trial(features, cfg, episodes)
+        seconds = round(elapsed)
+        for k, (plain, augmented) in scores.items():
             for model_name, result, start_point in (
                 ("pretrain, plain cosine prototypes", plain, None),
                 (name, augmented, "pretrain, plain cosine prototypes"),

@@ -11,13 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from distilshot.train.checkpoint import load_model
+from distilshot.train.checkpoint import ModelSpec, load_model
+from distilshot.train.data.imageset import ImageSet
 from distilshot.train.data.registry import load_split
-from distilshot.train.evaluation import extract_features
+from distilshot.train.evaluation import EvalResult, extract_features
 from distilshot.train.generator import GeneratorConfig, evaluate_generators, train_generators
 
 HERE = Path(__file__).resolve().parent
@@ -28,6 +30,53 @@ PUBLISHED = {  # Table 2, miniImageNet, ResNet-18 "baseline" features, cosine cl
     "weaken-student": (59.56, 76.57),
     "weaken-student x ensemble": (60.21, 77.52),
 }
+
+
+@dataclass(frozen=True)
+class FrozenFeatures:
+    """A checkpoint's train and test splits embedded by its frozen model, and the largest k_max every
+    training class can fill (at most 128)."""
+
+    spec: ModelSpec
+    train: ImageSet
+    base: np.ndarray
+    test: ImageSet
+    held_out: np.ndarray
+    k_max: int
+
+
+def frozen_features(checkpoint: Path) -> FrozenFeatures:
+    model, spec, _ = load_model(checkpoint)
+    train = load_split(spec.dataset, "train", spec.image_size)
+    test = load_split(spec.dataset, "test", spec.image_size)
+    base = extract_features(model, train.images, spec.mean, spec.std)["embedding"]
+    held_out = extract_features(model, test.images, spec.mean, spec.std)["embedding"]
+    k_max = min(128, int(np.bincount(train.labels).min()) - 1)
+    return FrozenFeatures(spec, train, base, test, held_out, k_max)
+
+
+def generator_trial(
+    f: FrozenFeatures, cfg: GeneratorConfig, episodes: int
+) -> tuple[float, dict[int, tuple[EvalResult, EvalResult]]]:
+    """Trains generators on the base embeddings and scores plain vs augmented prototypes at 1 and 5 shots
+    (5-way): the training seconds and, per shot count, (plain, augmented)."""
+    start = time.perf_counter()
+    trained, _ = train_generators(f.base, f.train.labels, cfg)
+    seconds = time.perf_counter() - start
+    scores = {
+        k: evaluate_generators(
+            trained,
+            f.held_out,
+            f.test.labels,
+            split=f.test.name,
+            n_way=5,
+            k_shot=k,
+            k_max=cfg.k_max,
+            episodes=episodes,
+        )
+        for k in (1, 5)
+    }
+    return seconds, scores
 
 
 def main() -> None:
@@ -41,12 +90,8 @@ def main() -> None:
     lines = []
     for dataset in args.datasets.split(","):
         checkpoint = HERE / "runs" / f"{dataset}-pretrain" / "checkpoints" / "best.pt"
-        model, spec, _ = load_model(checkpoint)
-        train = load_split(dataset, "train", spec.image_size)
-        test = load_split(dataset, "test", spec.image_size)
-        base = extract_features(model, train.images, spec.mean, spec.std)["embedding"]
-        held_out = extract_features(model, test.images, spec.mean, spec.std)["embedding"]
-        k_max = min(128, int(np.bincount(train.labels).min()) - 1)
+        features = frozen_features(checkpoint)
+        spec, k_max = features.spec, features.k_max
         rows = {}
         variants = [
             ("no-distillation", 1),
@@ -57,20 +102,8 @@ def main() -> None:
         for schedule, members in variants:
             name = schedule if members == 1 else f"{schedule} x ensemble"
             cfg = GeneratorConfig(schedule=schedule, iterations=args.iterations, k_max=k_max, members=members)
-            start = time.perf_counter()
-            trained, _ = train_generators(base, train.labels, cfg)
-            seconds = time.perf_counter() - start
-            for k in (1, 5):
-                plain, augmented = evaluate_generators(
-                    trained,
-                    held_out,
-                    test.labels,
-                    split=test.name,
-                    n_way=5,
-                    k_shot=k,
-                    k_max=k_max,
-                    episodes=args.episodes,
-                )
+            seconds, scores = generator_trial(features, cfg, args.episodes)
+            for k, (plain, augmented) in scores.items():
                 rows.setdefault("plain prototypes", {})[k] = plain.to_dict()
                 rows.setdefault(name, {})[k] = augmented.to_dict() | {"train_seconds": round(seconds)}
             print(dataset, name, {k: round(v["mean"], 2) for k, v in rows[name].items()}, flush=True)
