@@ -43,17 +43,20 @@ def omniglot_folder(root: Path) -> Path:
     return root
 
 
-def train_steps(model, batch, steps: int, lr: float = 1e-3) -> list[float]:
-    """`steps` Adam steps of `model` on one batch; the loss before each."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    losses = []
+def train_steps(
+    model, batch, steps: int, lr: float = 1e-3, *, metric: str | None = None, optimizer=None
+) -> list[float]:
+    """`steps` optimiser steps (Adam at `lr` unless an `optimizer` is given) of `model` on one batch; the
+    loss before each, or the loss output's `metric`."""
+    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+    values = []
     for _ in range(steps):
-        loss = model.loss(batch).loss
+        out = model.loss(batch)
         optimizer.zero_grad()
-        loss.backward()
+        out.loss.backward()
         optimizer.step()
-        losses.append(loss.item())
-    return losses
+        values.append(out.loss.item() if metric is None else out.metrics[metric])
+    return values
 
 
 def assert_exports_faithfully(model, spec, tmp_path: Path, test_set, **episode: int):

@@ -255,13 +255,7 @@ def test_training_steps_reduce_the_loss_on_a_real_episode(cifar_train) -> None:
         episode, torch.Generator().manual_seed(0)
     )
     optimizer, _ = build_optimizer(model, cfg, steps_total=100)  # the preset's SGD
-    losses = []
-    for _ in range(5):
-        out = model.loss(batch)
-        optimizer.zero_grad()
-        out.loss.backward()
-        optimizer.step()
-        losses.append(out.loss.item())
+    losses = train_steps(model, batch, 5, optimizer=optimizer)
     assert losses[1] < losses[0] and losses[-1] < 0.8 * losses[0], losses
 
 

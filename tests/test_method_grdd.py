@@ -143,14 +143,7 @@ def taught_meta_learner(omniglot_train):
 def test_meta_learner_loss_decreases_on_a_real_episode(omniglot_train) -> None:
     torch.manual_seed(0)
     student, _, batch = taught_meta_learner(omniglot_train)
-    optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(15):
-        loss = student.loss(batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_steps(student, batch, 15)
     assert losses[-1] < 0.7 * losses[0], losses
 
 
@@ -158,14 +151,7 @@ def test_meta_learner_matches_the_teachers_relatedness_on_a_real_episode(omniglo
     torch.manual_seed(0)
     student, _, batch = taught_meta_learner(omniglot_train)
     student.gamma = 0.0  # distillation alone: at the start L_rt dominates the total
-    optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
-    divergences = []
-    for _ in range(15):
-        out = student.loss(batch)
-        optimizer.zero_grad()
-        out.loss.backward()
-        optimizer.step()
-        divergences.append(out.metrics["kl"])
+    divergences = train_steps(student, batch, 15, metric="kl")
     assert divergences[-1] < 0.7 * divergences[0], divergences
 
 

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from method_runs import train_steps
 from torch import nn
 
 from distilshot.errors import ConfigError
@@ -178,14 +179,7 @@ def test_loss_decreases_on_a_real_batch(method: str) -> None:
     batch: Batch = BatchMaker(data, spec, "none", torch.device("cpu"))(
         indices, torch.Generator().manual_seed(0)
     )
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(15):
-        out = model.loss(batch)
-        optimizer.zero_grad()
-        out.loss.backward()
-        optimizer.step()
-        losses.append(out.loss.item())
+    losses = train_steps(model, batch, 15)
     assert losses[-1] < 0.7 * losses[0], losses
 
 

@@ -165,14 +165,7 @@ def taught_student(omniglot_train):
 def test_generation_one_loss_decreases_on_a_real_mini_batch(omniglot_train) -> None:
     torch.manual_seed(0)
     student, _, batch = taught_student(omniglot_train)
-    optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(15):
-        loss = student.loss(batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_steps(student, batch, 15)
     assert losses[-1] < 0.7 * losses[0], losses
 
 
