@@ -2,7 +2,7 @@
 installs postgresql), on a free loopback port, its data in a folder under /tmp, for the whole session.
 As root the server runs as the `postgres` user (initdb refuses root). Each test gets a database of its
 own (`postgres_url`); `store_backend` runs a test once per backend, and `classifier_on` opens a
-classifier on either."""
+classifier on either. `running_cluster` is the cluster without pytest, for bench/bench_replicas.py."""
 
 from __future__ import annotations
 
@@ -14,12 +14,11 @@ import sqlite3
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-
-from distilshot.serve.store import is_postgres_location, open_store
 
 if TYPE_CHECKING:
     from distilshot.serve.classifier import FewShotClassifier
@@ -39,11 +38,18 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[str]:
-    """The URL of the cluster's superuser, without a database: postgresql://postgres@127.0.0.1:PORT."""
+class ClusterError(RuntimeError):
+    """The throw-away cluster could not start."""
+
+
+@contextmanager
+def running_cluster() -> Iterator[str]:
+    """A throw-away cluster while the block runs; its superuser's URL without a database,
+    postgresql://postgres@127.0.0.1:PORT."""
     if not (PG_BIN / "initdb").is_file() or not (PG_BIN / "pg_ctl").is_file():
-        pytest.fail(f"PostgreSQL's server binaries are not in {PG_BIN}; `make install` installs postgresql")
+        raise ClusterError(
+            f"PostgreSQL's server binaries are not in {PG_BIN}; `make install` installs postgresql"
+        )
     root = Path(tempfile.mkdtemp(prefix="distilshot-pg-", dir="/tmp"))
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
@@ -57,7 +63,7 @@ def postgres_server() -> Iterator[str]:
         if done.returncode != 0:
             log = (root / "log").read_text() if (root / "log").exists() else ""
             shutil.rmtree(root, ignore_errors=True)
-            pytest.fail(f"PostgreSQL's {step} failed: {done.stderr}{log}")
+            raise ClusterError(f"PostgreSQL's {step} failed: {done.stderr}{log}")
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}"
     finally:
@@ -65,6 +71,17 @@ def postgres_server() -> Iterator[str]:
             _as_server_user(PG_BIN / "pg_ctl", "-D", data, "-m", "immediate", "stop"), capture_output=True
         )
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """The session's cluster (running_cluster)."""
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(running_cluster())
+        except ClusterError as error:
+            pytest.fail(str(error))
+        yield url
 
 
 class StoreBackend:
@@ -152,15 +169,7 @@ def postgres_url(postgres_server: str, tmp_path: Path) -> Iterator[str]:
 
 
 def classifier_on(bundle: Path, location: str | Path, reembed: bool = False) -> FewShotClassifier:
-    """FewShotClassifier(bundle, location, reembed=reembed) for a file or a postgresql:// location (the
-    classifier opens files only so far: its store is swapped for open_store's)."""
+    """FewShotClassifier(bundle, location, reembed=reembed): a file or a postgresql:// location."""
     from distilshot.serve.classifier import FewShotClassifier
 
-    if not is_postgres_location(location):
-        return FewShotClassifier(bundle, location, reembed=reembed)
-    clf = FewShotClassifier(bundle)
-    clf.store.close()
-    layout = {o.name: o.dim for o in clf.manifest.embedder.outputs}
-    reembedder = clf._reembed_stored if reembed else None
-    clf.store = open_store(location, clf.manifest.fingerprint(clf.engine.role), reembedder, layout=layout)
-    return clf
+    return FewShotClassifier(bundle, location, reembed=reembed)
