@@ -12,6 +12,8 @@ and what another process buys on this machine, not on one core per replica.
 
 from __future__ import annotations
 
+import re
+import subprocess
 import sys
 import tempfile
 import threading
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_http import Server, make_bundle, query_png
+from bench_http import make_bundle, query_png
 from timing import table
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
@@ -47,6 +49,29 @@ def fill_store(bundle: Path, location: str, classes: int) -> None:
         store.register_many(shots)
 
 
+class Replica:
+    """`distilshot serve --no-demo` on `location`; its output (a line per request) is drained by a thread,
+    so that a full pipe never blocks the server."""
+
+    def __init__(self, bundle: Path, location: str) -> None:
+        command = [str(Path(sys.executable).parent / "distilshot"), "serve", "--bundle", str(bundle)]
+        command += ["--store", location, "--port", "0", "--no-demo"]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines = []
+        for line in self.process.stdout or ():
+            lines.append(line)
+            found = re.search(r"on (http://\S+)", line)
+            if found:
+                self.url = found.group(1)
+                threading.Thread(target=self.process.stdout.read, daemon=True).start()
+                return
+        raise RuntimeError("the server did not start: " + "".join(lines))
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
 def load(urls: list[str], clients: int, requests: int) -> dict[str, Any]:
     """`clients` threads, client i on urls[i % len(urls)], each sending `requests` classify requests."""
     import httpx
@@ -62,7 +87,11 @@ def load(urls: list[str], clients: int, requests: int) -> dict[str, Any]:
             start.wait()
             for _ in range(requests):
                 t0 = time.perf_counter()
-                r = http.post("/v1/classify", files=[("images", ("q.png", image))])
+                try:
+                    r = http.post("/v1/classify", files=[("images", ("q.png", image))])
+                except httpx.HTTPError as error:  # counted: a failed request must fail the section
+                    errors.append(repr(error))
+                    return
                 latencies[i].append(1000 * (time.perf_counter() - t0))
                 if r.status_code != 200:
                     errors.append(r.text)
@@ -91,13 +120,13 @@ def load(urls: list[str], clients: int, requests: int) -> dict[str, Any]:
 def measure(bundle: Path, location: str, clients: int, requests: int) -> list[dict[str, Any]]:
     """1 replica, then 2 on the same store (the first stays up)."""
     with ExitStack() as stack:
-        servers: list[Server] = []
+        replicas: list[Replica] = []
         results = []
         for _ in range(2):
-            server = Server(bundle, location)  # type: ignore[arg-type]  # a URL or a file path
-            stack.callback(server.stop)
-            servers.append(server)
-            results.append(load([s.url for s in servers], clients, requests))
+            replica = Replica(bundle, location)
+            stack.callback(replica.stop)
+            replicas.append(replica)
+            results.append(load([r.url for r in replicas], clients, requests))
         return results
 
 
