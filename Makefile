@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed-stamp
 CHROMIUM := /usr/bin/chromium
 # The PostgreSQL store's tests start a throw-away cluster with Debian's server binaries.
 POSTGRES := /usr/lib/postgresql/15/bin/initdb
+# The browser edge app's pinned npm packages (onnxruntime-web, onnxruntime-node), from its lock file.
+WEB_APP := examples/web_app/node_modules/.package-lock.json
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 # What `make train-export` trains (override on the command line: make train-export METHOD=pretrain ...)
@@ -23,7 +25,7 @@ endif
 
 .PHONY: install train-export test test-fast lint bench results results-refilled results-generators reproduce-cifar-fs clean demo
 
-install: $(STAMP) $(CHROMIUM) $(POSTGRES)
+install: $(STAMP) $(CHROMIUM) $(POSTGRES) $(WEB_APP)
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "distilshot needs Python 3.11")'
@@ -38,6 +40,9 @@ $(CHROMIUM):
 
 $(POSTGRES):
 	$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql
+
+$(WEB_APP): examples/web_app/package-lock.json
+	npm ci --prefix examples/web_app --no-audit --no-fund
 
 train-export: $(STAMP)
 	$(BIN)/distilshot train-export --method $(METHOD) --dataset $(DATASET) --backbone $(BACKBONE) --preset $(PRESET) $(ARGS)

@@ -76,6 +76,8 @@ class Server:
             found = re.search(r"on (http://\S+)", line)
             if found:
                 self.url = found.group(1)
+                # keep reading: the server logs every request, and a full pipe would block it
+                threading.Thread(target=self.process.stdout.read, daemon=True).start()
                 return
 
     def stop(self) -> None:

@@ -34,7 +34,9 @@ SLOW_MODULES = {
     "test_method_skd",
     "test_pipeline_e2e",
     "test_serve_crash",
+    "test_serve_replicas",
     "test_training",
+    "test_web_app",
 }
 # Single slow tests in otherwise fast modules (a test name matches all its parametrisations).
 SLOW_TESTS = {
@@ -58,7 +60,7 @@ SLOW_TESTS = {
 # Tests asking for these fixtures (directly or through others) are slow: the fixture trains or exports.
 SLOW_FIXTURES = {"trained_run"}
 SLOW_MODULE_FIXTURES = {"test_calibration": {"exported"}}
-BROWSER_MODULES = {"test_demo_browser"}
+BROWSER_MODULES = {"test_demo_browser", "test_web_app"}
 GPU_OFFLINE_MODULES = {"test_engines_gpu_offline"}
 GPU_TESTS: dict[str, set[str]] = {
     "test_engines_gpu_offline": {"test_the_cuda_backend_runs_the_graph_on_a_real_gpu"},
@@ -70,6 +72,8 @@ TIMEOUTS = {
     "test_pipeline_e2e": 900,
     "test_serve_crash": 420,
     "test_serve_concurrency": 420,
+    "test_serve_replicas": 420,
+    "test_web_app": 900,
 }
 
 

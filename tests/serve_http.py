@@ -70,8 +70,15 @@ class ServerProcess:
             found = re.search(r"on http://(127\.0\.0\.1|0\.0\.0\.0):(\d+)", line)
             if found:
                 self.url = f"http://127.0.0.1:{found.group(2)}"
+                # keep reading: the server logs every request, and a full pipe would block it
+                self._drainer = threading.Thread(target=self._drain, daemon=True)
+                self._drainer.start()
                 return
         raise AssertionError(f"the server did not start: {''.join(self.output)}")
+
+    def _drain(self) -> None:
+        for line in self.process.stdout or ():
+            self.output.append(line)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, as in a crash."""
@@ -85,6 +92,7 @@ class ServerProcess:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self._drainer.join(timeout=30)  # the pipe ends with the process
         if self.process.stdout:
             self.process.stdout.close()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -28,7 +29,6 @@ from web_app_bundle import (
     python_embeddings,
     python_predictions,
     require_npm_packages,
-    with_app_graphs,
     without_app_graphs,
 )
 
@@ -65,9 +65,11 @@ def drawings(character: str) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def bundle(trained_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The session's trained bundle, copied, with preprocess.onnx and head.onnx added."""
+    """The session's trained bundle (export wrote its preprocess.onnx and head.onnx), copied."""
     require_npm_packages()
-    return with_app_graphs(trained_run.bundle, tmp_path_factory.mktemp("web_app") / "bundle")
+    destination = tmp_path_factory.mktemp("web_app") / "bundle"
+    shutil.copytree(trained_run.bundle, destination)
+    return destination
 
 
 def resized(source: Path, size: tuple[int, int], mode: str, destination: Path) -> Path:

@@ -1,9 +1,5 @@
-"""Helpers for the web-app tests (tests/test_web_app.py): a copy of a trained bundle with the app graphs
-added, the npm check, and the Python runtime's answers to compare with.
-
-`with_app_graphs` writes preprocess.onnx and head.onnx (export/pixels_graph.py, export/head_graph.py)
-with their manifest records into a copy of a bundle that lacks them. Delete it once export writes them
-itself (a bundle that has them is copied as it is)."""
+"""Helpers for the web-app tests (tests/test_web_app.py): the npm check, a bundle without the app graphs
+(as exported before they existed), and the Python runtime's answers to compare with."""
 
 from __future__ import annotations
 
@@ -13,13 +9,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import onnx
 
-from distilshot.core.files import sha256_file
-from distilshot.core.manifest import HeadGraph, PreprocessGraph, load_manifest
+from distilshot.core.manifest import load_manifest
 from distilshot.core.preprocess import normalise, to_model_pixels
-from distilshot.export.head_graph import write_head_graph
-from distilshot.export.pixels_graph import preprocessing_model
 from distilshot.serve.classifier import FewShotClassifier, Prediction
 from distilshot.serve.images import decoded
 
@@ -38,32 +30,6 @@ def require_npm_packages() -> None:
         "which runs `npm ci` in examples/web_app (or run `npm ci --prefix examples/web_app` yourself)"
     )
     assert shutil.which("node"), "Node.js is missing: the web app's tests need `node` (Node 20 or later)"
-
-
-def with_app_graphs(bundle: Path, destination: Path) -> Path:
-    """A copy of `bundle` at `destination` with preprocess.onnx and head.onnx and their records."""
-    shutil.copytree(bundle, destination)
-    manifest = load_manifest(destination)
-    if manifest.preprocess_graph is not None and manifest.head_graph is not None:
-        return destination
-    prep_file, head_file = "preprocess.onnx", "head.onnx"
-    onnx.save(
-        preprocessing_model(manifest.preprocessing, manifest.embedder.input), str(destination / prep_file)
-    )
-    write_head_graph(manifest, destination / head_file)
-    files = {
-        **manifest.files,
-        prep_file: sha256_file(destination / prep_file),
-        head_file: sha256_file(destination / head_file),
-    }
-    replace(
-        manifest,
-        files=files,
-        preprocess_graph=PreprocessGraph(file=prep_file, channels=manifest.preprocessing.channels),
-        head_graph=HeadGraph(file=head_file),
-    ).save(destination)
-    load_manifest(destination)  # every file present with its sha256
-    return destination
 
 
 def without_app_graphs(bundle: Path, destination: Path) -> Path:
