@@ -11,8 +11,8 @@ from pathlib import Path
 from distilshot.errors import ConfigError
 
 # Importing the implementations registers them, in running order: openvino converts the int8 graph too,
-# tensorrt checks every ONNX graph, triton packs what exists.
-from distilshot.export import int8, openvino_ir, tensorrt_engine, triton_repo  # noqa: F401
+# tensorrt checks every ONNX graph, triton packs what exists, ort converts every ONNX graph.
+from distilshot.export import int8, openvino_ir, ort_format, tensorrt_engine, triton_repo  # noqa: F401
 from distilshot.export.bundle_edit import BundleEdit
 from distilshot.export.format_table import FORMATS, ExportOptions, FormatJob, FormatReport
 from distilshot.train.data.imageset import ImageSet

@@ -14,17 +14,27 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
 from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
-from distilshot.errors import BundleError
+from distilshot.core.manifest import Manifest
+from distilshot.core.preprocess import normalise
+from distilshot.errors import BundleError, DistilshotError
+from distilshot.export.format_table import Checked, FormatJob, Staged, export_format
 
 CONFIG_FILE = "required_operators_and_types.config"  # the name onnxruntime's converter gives it
+FOLDER = "ort"  # in the bundle: <graph>.ort for each ONNX graph, and CONFIG_FILE
+# most an .ort model's outputs may differ from its ONNX source's, as a share of their largest magnitude:
+# the same kernels after the same optimisations, so only the float rounding of a differently fused graph
+MAX_DIFFERENCE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -75,3 +85,75 @@ def convert_to_ort(onnx_files: Sequence[Path], output_dir: Path) -> OrtModels:
             f"onnxruntime's ORT conversion did not write {', '.join(missing)}: {log.getvalue()}"
         )
     return OrtModels(models, config)
+
+
+def _onnx_files(manifest: Manifest) -> list[str]:
+    """Every ONNX graph of the bundle: the embedder's precisions and the app graphs."""
+    files = [g.file for g in manifest.graphs.values() if g.format == "onnx"]
+    files += [g.file for g in (manifest.preprocess_graph, manifest.head_graph) if g is not None]
+    return files
+
+
+def _in_folder(name: str) -> bool:
+    """Whether a bundle file is part of an ORT export: ort/... or, after a repeated one, ort-2/..."""
+    return re.fullmatch(rf"{FOLDER}(-\d+)?", name.split("/", 1)[0]) is not None
+
+
+def build(job: FormatJob) -> Staged:
+    """The ORT model of every ONNX graph, with their operator config, in ort/ (replacing an earlier one)."""
+    bundle, manifest = job.edit.dir, job.edit.manifest
+    convert_to_ort([bundle / f for f in _onnx_files(manifest)], job.edit.staging / FOLDER)
+    notes = [
+        f"ONNX Runtime {ort.__version__}, Fixed optimizations; {FOLDER}/{CONFIG_FILE} for a reduced build"
+    ]
+    return Staged(remove=[f for f in manifest.files if _in_folder(f)], notes=notes)
+
+
+def _session(model: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+
+
+def _feeds(file: str, manifest: Manifest, pixels: np.ndarray, bundle: Path) -> dict[str, np.ndarray]:
+    """Real inputs for the bundle graph `file`, from evaluation images (uint8 NHWC at model size): the
+    pixels for the preprocessing graph, their embeddings (the first five as prototypes) for the head."""
+    if manifest.preprocess_graph is not None and file == manifest.preprocess_graph.file:
+        return {manifest.preprocess_graph.input: pixels}
+    x = normalise(pixels, manifest.preprocessing)
+    if manifest.head_graph is None or file != manifest.head_graph.file:
+        return {manifest.embedder.input: x}
+    embedder = _session(bundle / manifest.embedder.file)
+    outputs = list(manifest.head.weights)
+    embeddings = dict(zip(outputs, embedder.run(outputs, {manifest.embedder.input: x}), strict=True))
+    suffix = manifest.head_graph.prototypes_suffix
+    return {**embeddings, **{o + suffix: embeddings[o][:5] for o in outputs}}
+
+
+@export_format(
+    "ort",
+    adds=f"{FOLDER}/: every ONNX graph in ORT format and {CONFIG_FILE}, for ONNX Runtime mobile builds",
+    precisions=("fp32", "fp16", "int8"),
+    extra="cpu",
+    backends=(),  # apps load them with ONNX Runtime's mobile packages
+    build=build,
+)
+def check(job: FormatJob, preview: Manifest, staged: Staged) -> Checked:
+    """Loads every .ort model and refuses one whose outputs differ from its ONNX source's on real images
+    beyond float rounding (MAX_DIFFERENCE of the outputs' scale)."""
+    bundle, manifest = job.edit.dir, job.edit.manifest
+    pixels = job.evaluation().images[:64]
+    checked = []
+    for file in _onnx_files(manifest):
+        feeds = _feeds(file, manifest, pixels, bundle)
+        ours = _session(bundle / file).run(None, feeds)
+        theirs = _session(job.edit.staging / FOLDER / f"{Path(file).stem}.ort").run(None, feeds)
+        worst = max(
+            float(np.abs(a - b).max() / max(float(np.abs(a).max()), 1e-12))
+            for a, b in zip(ours, theirs, strict=True)
+        )
+        if worst > MAX_DIFFERENCE:
+            raise DistilshotError(
+                f"the ORT model of {file} differs from it by {worst:.2e} of its outputs' scale on evaluation "
+                f"images (at most {MAX_DIFFERENCE:.0e}); the bundle is unchanged"
+            )
+        checked.append({"check": "ort-vs-onnx", "graph": file, "max_relative_difference": worst})
+    return Checked(offline=checked)

@@ -8,19 +8,22 @@ embeddings at cosine 1 - 1e-6 and within 1e-5 of their largest value (a few hund
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from edge_graphs import OMNIGLOT_PREP, conv_embedder, cosines, omniglot_drawings, session
+from method_runs import cli
 from onnxruntime.tools.reduced_build_config_parser import parse_config
 from PIL import Image
 
-from distilshot.core.head import class_mean
 from distilshot.core.manifest import load_manifest
 from distilshot.core.preprocess import flatten, preprocess
 from distilshot.errors import BundleError
-from distilshot.export.head_graph import LOGITS, PROTOTYPES_SUFFIX, write_head_graph
 from distilshot.export.ort_format import CONFIG_FILE, convert_to_ort
 from distilshot.export.pixels_graph import PIXELS_INPUT, write_pixels_graph
 
@@ -73,19 +76,26 @@ def test_the_embedder_and_its_pixels_graph_convert_and_compute_the_same(tmp_path
     assert '"uint8_t"' in resize_line  # the Pillow-style uint8 Resize kernel must stay in a reduced build
 
 
-def test_a_trained_bundle_and_its_head_convert(tmp_path, trained_run, drawings):
-    manifest = load_manifest(trained_run.bundle)
-    embedder = trained_run.bundle / manifest.embedder.file
-    head = write_head_graph(manifest, tmp_path / "head.onnx")
-    converted = convert_to_ort([embedder, head], tmp_path / "ort")
-    assert converted.config == tmp_path / "ort" / CONFIG_FILE
+def test_export_to_ort_converts_every_graph_of_a_trained_bundle(tmp_path, trained_run, drawings):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained_run.bundle, bundle)
+    report = json.loads(cli("export", "--bundle", bundle, "--to", "ort", "--json").stdout.splitlines()[-1])
+    manifest = load_manifest(bundle)  # every file present with its recorded sha256
+    sources = [manifest.embedder.file, manifest.preprocess_graph.file, manifest.head_graph.file]
+    converted = {f"ort/{Path(f).stem}.ort" for f in sources} | {f"ort/{CONFIG_FILE}"}
+    assert converted <= set(manifest.files)
+    assert report["format"] == "ort"
+    checks = [c for c in report["checks"] if c["check"] == "ort-vs-onnx"]
+    assert sorted(c["graph"] for c in checks) == sorted(sources)
+    assert all(c["max_relative_difference"] <= 1e-4 for c in checks)
+    # the .ort embedder computes the ONNX embedder's embeddings on stored-size drawings
     feeds = [{"image": preprocess(drawings[i : i + 8], manifest.preprocessing)} for i in (0, 8, 16)]
-    check_same_embeddings(embedder, converted.models[embedder.name], feeds)
-    output = manifest.embedder.outputs[0].name
-    queries = session(embedder).run([output], feeds[0])[0]
-    head_feed = {output: queries, output + PROTOTYPES_SUFFIX: np.stack([class_mean(queries[:4]), queries[4]])}
-    scores = session(converted.models["head.onnx"]).run([LOGITS], head_feed)[0]
-    np.testing.assert_array_equal(scores, session(head).run([LOGITS], head_feed)[0])  # no layout to change
+    check_same_embeddings(bundle / manifest.embedder.file, bundle / "ort" / "embedder.ort", feeds)
+    parse_config(str(bundle / "ort" / CONFIG_FILE))
+    again = json.loads(cli("export", "--bundle", bundle, "--to", "ort", "--json"))  # replaces ort/
+    assert again["formats"][0]["format"] == "ort" and not any(
+        f.startswith("ort-") for f in load_manifest(bundle).files
+    )
 
 
 def test_missing_duplicate_and_broken_files_are_refused(tmp_path):
