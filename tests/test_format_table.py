@@ -14,7 +14,7 @@ from distilshot.serve.engines.registry import AUTO_ORDER, BACKENDS
 
 
 def test_the_table_names_serves_backends_and_known_precisions() -> None:
-    assert list(FORMATS) == ["int8", "openvino", "tensorrt", "triton"]  # the running order
+    assert list(FORMATS) == ["int8", "openvino", "ort", "tensorrt", "triton"]  # the running order
     for fmt in FORMATS.values():
         assert set(fmt.backends) <= set(BACKENDS), fmt.name
         assert fmt.precisions and set(fmt.precisions) <= set(PRECISIONS), fmt.name
