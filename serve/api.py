@@ -9,6 +9,9 @@ further checked by `load_image` (bytes, pixels, format, size). Keys, scopes, the
 cross-site check and the write rate limit are in `security.py`. Errors come back as
 `{"detail": message, "error": kind}` with the status the kind calls for, name no server path, and
 change nothing.
+
+The docs page `/v1/docs` is Swagger UI served from the swagger-ui-bundle package, so it works offline;
+every request is logged by access_log.py.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 
 from distilshot import __version__
 from distilshot.errors import DistilshotError, ImageError
+from distilshot.serve.access_log import AccessLog
 from distilshot.serve.api_access import Access
 from distilshot.serve.api_schemas import MAX_FILES
 from distilshot.serve.classifier import FewShotClassifier
@@ -63,7 +69,7 @@ def create_app(
         version=__version__,
         summary="Few-shot image classification: register classes from a few images, classify queries.",
         openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url=f"{API_PREFIX}/docs",
+        docs_url=None,  # add_docs serves the page without a CDN
         redoc_url=None,
         form_limits={"max_files": MAX_FILES, "max_fields": 16},
         responses=error_responses(400, 422, 503),
@@ -75,12 +81,34 @@ def create_app(
     access = Access.of(security)
     for add_routes in (add_service_routes, add_class_routes, add_classify_route, add_store_routes):
         add_routes(app, API_PREFIX, classifier, access)
+    add_docs(app, API_PREFIX)
+    app.add_middleware(AccessLog)  # outermost: refusals by the guards are logged too
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
         return RedirectResponse(home)
 
     return app
+
+
+def add_docs(app: FastAPI, prefix: str) -> None:
+    """Swagger UI at `prefix`/docs, its script, style and icon from swagger-ui-bundle's files (the http
+    extra) under `prefix`/docs/assets."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    assets = f"{prefix}/docs/assets"
+    app.mount(assets, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get(f"{prefix}/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=f"{prefix}/openapi.json",
+            title="distilshot API",
+            swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+            swagger_css_url=f"{assets}/swagger-ui.css",
+            swagger_favicon_url=f"{assets}/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from validator.swagger.io
+        )
 
 
 def install_guards(app: FastAPI, security: Security, limit_for: Callable[[str], int]) -> None:

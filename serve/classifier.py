@@ -1,8 +1,8 @@
 """The Python API of the runtime: register support images per class, classify queries.
 
 CLI, HTTP and demo front ends are meant to be thin layers over `FewShotClassifier`: every method takes
-paths, bytes or PIL images (with optional display names), validates all of them before anything is
-stored, and returns plain dataclasses / dicts ready to print or serialise.
+paths, bytes, PIL images or uint8 numpy arrays (with optional display names), validates all of them
+before anything is stored, and returns plain dataclasses / dicts ready to print or serialise.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import numpy as np
 from PIL import Image
 
 from distilshot.core.head import PrototypeHead, top_k_indices
-from distilshot.core.manifest import load_manifest
+from distilshot.core.manifest import Manifest, load_manifest
 from distilshot.core.preprocess import normalise, to_model_pixels
-from distilshot.errors import DistilshotError, StoreError
+from distilshot.errors import DistilshotError, ImageError, StoreError
 from distilshot.serve.batching import Batcher
 from distilshot.serve.engines import open_engine
 from distilshot.serve.engines.base import CHUNK_SIZE
@@ -33,7 +33,17 @@ from distilshot.serve.images import (
     thumbnail_png,
 )
 from distilshot.serve.scoring import AugmentedScorer, ClassSnapshot, FixedScorer, PrototypeScorer, Scorer
-from distilshot.serve.store import ClassInfo, Shot, ShotInfo, UnknownClassError, import_shots, open_store
+from distilshot.serve.store import (
+    ClassInfo,
+    ClassStore,
+    ModelMismatchError,
+    Shot,
+    ShotInfo,
+    UnknownClassError,
+    import_shots,
+    open_store,
+)
+from distilshot.serve.store.names import canonical_name
 
 # Files `register_folder` picks up from each class folder; anything else (notes, .DS_Store) is ignored.
 IMAGE_SUFFIXES = frozenset(
@@ -97,6 +107,30 @@ def folder_classes(folder: Path | str) -> dict[str, list[Path]]:
     return classes
 
 
+def model_mismatch(store: ClassStore, manifest: Manifest, bundle_dir: Path, precision: str) -> str:
+    """Why `store` cannot serve the bundle's `precision` graph, and what to do: run the graph whose
+    embeddings the store holds, or re-embed it with `distilshot reembed` (serve/cli.py)."""
+    reembed = f"`distilshot reembed --bundle {bundle_dir} --store {store.location}"
+    reembed += "`" if precision == "fp32" else f" --precision {precision}`"
+    held = [
+        manifest.graphs[r].precision for r in manifest.graphs if manifest.fingerprint(r) == store.fingerprint
+    ]
+    if held:
+        return (
+            f"store {store.location} holds the embeddings of this bundle's {held[0]} graph, not of its "
+            f"{precision} graph, and embeddings of two graphs are never mixed: open it with --precision "
+            f"{held[0]} (Python: precision={held[0]!r}), or re-embed it for the {precision} graph with "
+            f"{reembed}"
+        )
+    shots = sum(c.shots for c in store.classes())
+    return (
+        f"store {store.location} holds embeddings of another model ({store.fingerprint[:12]}…; this bundle "
+        f"is {manifest.fingerprint()[:12]}…), and embeddings of two models are never mixed: re-embed its "
+        f"{shots} support images with this bundle, after which the store belongs to it, with {reembed} "
+        "(Python: reembed=True), or use another store"
+    )
+
+
 class FewShotClassifier:
     """A bundle's embedder plus a support store. `store_path=None` keeps classes in memory only.
 
@@ -129,10 +163,7 @@ class FewShotClassifier:
         self.head = PrototypeHead(self.manifest.head)
         self.batcher = Batcher(self._embed, CHUNK_SIZE)
         reembedder = self._reembed_stored if reembed else None
-        layout = {o.name: o.dim for o in self.manifest.embedder.outputs}
-        self.store = open_store(
-            store_path, self.manifest.fingerprint(self.engine.role), reembedder, layout=layout
-        )
+        self.store = self._open_store(store_path, reembedder, precision)
         m = self.manifest
         self.plain = PrototypeScorer(self.head, None if m.rejection is None else m.rejection.threshold)
         self.augmented = (
@@ -150,6 +181,17 @@ class FewShotClassifier:
         self._snapshot: ClassSnapshot | None = None
         self._snapshot_lock = threading.Lock()
 
+    def _open_store(self, store_path: Path | str | None, reembedder: Any, precision: str) -> ClassStore:
+        layout = {o.name: o.dim for o in self.manifest.embedder.outputs}
+        try:
+            return open_store(
+                store_path, self.manifest.fingerprint(self.engine.role), reembedder, layout=layout
+            )
+        except ModelMismatchError:
+            with open_store(store_path) as held:
+                message = model_mismatch(held, self.manifest, self.bundle_dir, precision)
+            raise ModelMismatchError(message) from None
+
     def close(self) -> None:
         self.store.close()
 
@@ -162,9 +204,20 @@ class FewShotClassifier:
     # -- classes ------------------------------------------------------------------------------------
 
     def register(
-        self, name: str, images: Sequence[ImageSource], *, names: Sequence[str] | None = None
+        self,
+        name: str,
+        images: Sequence[ImageSource],
+        *,
+        names: Sequence[str] | None = None,
+        exist_ok: bool = False,
     ) -> ClassInfo:
-        """Adds a new class from its support images; a bad image or name stores nothing."""
+        """Adds a new class from its support images; a bad image or name stores nothing. With `exist_ok`,
+        a class of that name is left as it is (its images are not read again) and returned, so that a
+        script registering its classes can run twice; `add_shots` adds images to a class."""
+        if exist_ok:
+            existing = {c.name: c for c in self.classes()}.get(canonical_name(name))
+            if existing is not None:
+                return existing
         return self.register_many({name: images}, names={name: names} if names is not None else None)[0]
 
     def register_many(
@@ -237,6 +290,39 @@ class FewShotClassifier:
         the bundle's fixed classifier, that classifier decides. The calibrated threshold belongs to the
         plain prototype head, so those two answer "unknown" only for an explicit `threshold`
         (serve/scoring.py holds each one's rule)."""
+        self._check_classify_options(top_k, threshold, augment)
+        image_names, pixels, _ = self._read(images, names, thumbnails=False)
+        return self._predict(image_names, pixels, top_k, threshold, nearest, augment)
+
+    def classify_each(
+        self,
+        images: Sequence[ImageSource],
+        top_k: int = 5,
+        *,
+        names: Sequence[str] | None = None,
+        threshold: float | None = None,
+        nearest: bool = False,
+        augment: bool = False,
+    ) -> list[Prediction | ImageError]:
+        """`classify`, except that an image that cannot be used does not fail the call: its ImageError
+        takes its place in the answer, in the order of `images`."""
+        self._check_classify_options(top_k, threshold, augment)
+        failures: dict[int, ImageError] = {}
+        image_names, pixels, _ = self._read(images, names, thumbnails=False, failures=failures)
+        predictions = iter(self._predict(image_names, pixels, top_k, threshold, nearest, augment))
+        return [failures[i] if i in failures else next(predictions) for i in range(len(images))]
+
+    def embed(
+        self, images: Sequence[ImageSource], *, names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """The embeddings of `images` by output name (the manifest's graph outputs), each [images, dim]
+        float32: what the store keeps for support shots and the head compares."""
+        image_names, pixels, _ = self._read(images, names, thumbnails=False)
+        if not image_names:
+            return {o.name: np.zeros((0, o.dim), np.float32) for o in self.manifest.embedder.outputs}
+        return self.batcher.run(pixels)
+
+    def _check_classify_options(self, top_k: int, threshold: float | None, augment: bool) -> None:
         if augment and self.augmented is None:
             raise DistilshotError(
                 f"bundle {self.bundle_dir} has no feature generator; add one with "
@@ -246,7 +332,16 @@ class FewShotClassifier:
             raise DistilshotError(f"top_k must be at least 1 and a whole number, not {top_k!r}")
         if threshold is not None and not np.isfinite(threshold):
             raise DistilshotError(f"threshold must be a finite number, not {threshold!r}")
-        image_names, pixels, _ = self._read(images, names, thumbnails=False)
+
+    def _predict(
+        self,
+        image_names: list[str],
+        pixels: np.ndarray,
+        top_k: int,
+        threshold: float | None,
+        nearest: bool,
+        augment: bool,
+    ) -> list[Prediction]:
         classes = self._classes()
         if not classes.labels:
             raise DistilshotError("no classes are registered yet; register some support images first")
@@ -304,12 +399,19 @@ class FewShotClassifier:
     # -- images -------------------------------------------------------------------------------------
 
     def _read(
-        self, images: Sequence[ImageSource], names: Sequence[str] | None, *, thumbnails: bool
+        self,
+        images: Sequence[ImageSource],
+        names: Sequence[str] | None,
+        *,
+        thumbnails: bool,
+        failures: dict[int, ImageError] | None = None,
     ) -> tuple[list[str], np.ndarray, list[bytes]]:
         """Loads and validates every image; keeps only model pixels (and thumbnails), not the decoded
         images, so large calls do not hold many full-size images in memory. Each image is decoded under
-        the process-wide decode budget, so concurrent calls wait rather than add up."""
-        if isinstance(images, str | Path | bytes | Image.Image):
+        the process-wide decode budget, so concurrent calls wait rather than add up. With `failures`,
+        an image that cannot be used is left out and its error kept there by its index."""
+        single = isinstance(images, np.ndarray) and images.ndim < 4  # an [N, H, W, C] array is N images
+        if single or isinstance(images, str | Path | bytes | Image.Image):
             raise DistilshotError("pass a list of images, not a single image")
         if names is not None and len(names) != len(images):
             raise DistilshotError(f"got {len(names)} names for {len(images)} images")
@@ -317,10 +419,16 @@ class FewShotClassifier:
         image_names, pixels, thumbs = [], [], []
         for index, source in enumerate(images):
             name = names[index] if names is not None else source_name(source, index)
-            with decoded(source, name=name) as image:
-                pixels.append(to_model_pixels(image, prep))
-                if thumbnails:
-                    thumbs.append(thumbnail_png(image))
+            try:
+                with decoded(source, name=name) as image:
+                    pixels.append(to_model_pixels(image, prep))
+                    if thumbnails:
+                        thumbs.append(thumbnail_png(image))
+            except ImageError as error:
+                if failures is None:
+                    raise
+                failures[index] = error
+                continue
             image_names.append(name)
         shape = (0, prep.height, prep.width, prep.channels)
         return image_names, np.stack(pixels) if pixels else np.zeros(shape, np.uint8), thumbs

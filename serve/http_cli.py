@@ -8,6 +8,7 @@ and Gradio loads only once the server mounts it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -20,25 +21,38 @@ if TYPE_CHECKING:
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
 
-Host = Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0 for every interface).")]
-Port = Annotated[int, typer.Option("--port", help="Port to listen on (0: any free port).")]
-Backend = Annotated[str, typer.Option("--backend", help="Inference backend (auto picks the best here).")]
+BUNDLE_ENV, STORE_ENV = "DISTILSHOT_BUNDLE", "DISTILSHOT_STORE"
+DATA_HOME_ENV = "XDG_DATA_HOME"
+
+Host = Annotated[
+    str, typer.Option("--host", metavar="ADDRESS", help="Address to listen on (0.0.0.0 for every interface).")
+]
+Port = Annotated[int, typer.Option("--port", metavar="PORT", help="Port to listen on (0: any free port).")]
+Backend = Annotated[
+    str, typer.Option("--backend", metavar="NAME", help="Inference backend (auto picks the best here).")
+]
 Reembed = Annotated[
     bool,
-    typer.Option("--reembed", help="If the store holds another model's embeddings, re-embed its images."),
+    typer.Option(
+        "--reembed", help="Re-embed the store first if it holds another model's embeddings (see reembed)."
+    ),
 ]
-MaxRequestMb = Annotated[int, typer.Option("--max-request-mb", help="Largest request body accepted, MiB.")]
+MaxRequestMb = Annotated[
+    int, typer.Option("--max-request-mb", metavar="MIB", help="Largest request body accepted, in MiB.")
+]
 
 
-def _without_default(flag: str, help: str) -> typer.models.OptionInfo:
+def _without_default(flag: str, help: str, metavar: str) -> typer.models.OptionInfo:
     """An option whose default (none) the help does not show."""
-    return typer.Option(flag, help=help, show_default=False)
+    return typer.Option(flag, metavar=metavar, help=help, show_default=False)
 
 
 ApiKeysFile = Annotated[
     Path | None,
     _without_default(
-        "--api-keys", "File of API keys, one read:KEY or admin:KEY a line (or set DISTILSHOT_API_KEYS)."
+        "--api-keys",
+        "File of API keys, one read:KEY or admin:KEY a line (or set DISTILSHOT_API_KEYS).",
+        "FILE",
     ),
 ]
 InsecureNoAuth = Annotated[
@@ -50,6 +64,7 @@ AllowedHosts = Annotated[
     _without_default(
         "--allowed-host",
         "A Host name clients use for this server (repeatable; loopback names always; * any).",
+        "NAME",
     ),
 ]
 CorsOrigins = Annotated[
@@ -57,15 +72,34 @@ CorsOrigins = Annotated[
     _without_default(
         "--cors-origin",
         "An origin (https://host[:port]) whose pages may call the API (repeatable; default none).",
+        "ORIGIN",
     ),
 ]
 WriteLimit = Annotated[
     int,
-    typer.Option("--write-limit", help="Writes a minute per key (per client without keys); 0: no limit."),
+    typer.Option(
+        "--write-limit", metavar="N", help="Writes a minute per key (per client without keys); 0: no limit."
+    ),
 ]
 RequestTimeout = Annotated[
-    float, typer.Option("--request-timeout", help="Seconds within which a request body must arrive.")
+    float,
+    typer.Option(
+        "--request-timeout", metavar="SECONDS", help="Seconds within which a request body must arrive."
+    ),
 ]
+
+
+def demo_store_for(bundle: Path) -> Path:
+    """Where `distilshot demo` keeps a bundle's classes by default: $XDG_DATA_HOME/distilshot (else
+    ~/.local/share/distilshot)/<run>.db, named by the run folder of runs/<run>/bundle (else by the bundle
+    folder), so the run folder stays as training wrote it and each run has its own store; the folder is
+    created."""
+    folder = bundle.resolve()
+    name = folder.parent.name if folder.name == "bundle" else folder.name
+    data_home = Path(os.environ.get(DATA_HOME_ENV) or Path.home() / ".local" / "share")
+    store = data_home / "distilshot" / f"{name}.db"
+    store.parent.mkdir(parents=True, exist_ok=True)
+    return store
 
 
 def demo_mount(ctx: typer.Context) -> Mount:
@@ -79,12 +113,16 @@ def demo_mount(ctx: typer.Context) -> Mount:
 @app.command()
 def serve(
     ctx: typer.Context,
-    bundle: Annotated[Path, typer.Option("--bundle", "-b", help="Bundle folder to serve.")],
+    bundle: Annotated[
+        Path, typer.Option("--bundle", "-b", metavar="DIR", envvar=BUNDLE_ENV, help="Bundle folder to serve.")
+    ],
     store: Annotated[
         str,
         typer.Option(
             "--store",
             "-s",
+            metavar="STORE",
+            envvar=STORE_ENV,
             help="Support store: a SQLite file (created if absent) or postgresql://user@host/db.",
         ),
     ],
@@ -101,7 +139,10 @@ def serve(
     write_limit: WriteLimit = 120,
     request_timeout: RequestTimeout = 120.0,
 ) -> None:
-    """Serve the HTTP API (/v1, OpenAPI at /v1/openapi.json) with the Gradio demo at /demo."""
+    """Serve the HTTP API (/v1, docs at /v1/docs) with the Gradio demo at /demo.
+
+    Example: distilshot serve --bundle runs/RUN/bundle --store classes.db --port 8000
+    """
     from distilshot.serve.http_server import run_server, server_security
 
     security = server_security(

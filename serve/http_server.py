@@ -3,7 +3,8 @@ uvicorn around one shared classifier.
 
 A server on a non-loopback address needs API keys (a file or DISTILSHOT_API_KEYS, never the command line)
 unless `insecure_no_auth` says otherwise. uvicorn closes idle keep-alive connections after 5 s, and
-every request body must arrive within the request timeout.
+every request body must arrive within the request timeout. Each request is logged on stderr (method,
+path, status, latency; serve/access_log.py), and the server says when it stops.
 
 A browser UI can be mounted beside the API through a `Mount` hook: serve never imports the demo, the
 `distilshot` command (distilshot/cli.py) hands it demo/app.py's `mount_demo`.
@@ -12,14 +13,21 @@ A browser UI can be mounted beside the API through a `Mount` hook: serve never i
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
+import signal
 import socket
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import typer
 
 from distilshot.errors import DistilshotError
+from distilshot.serve.access_log import LOGGER as ACCESS_LOGGER
 from distilshot.serve.security import KEYS_ENV, LOOPBACK_HOSTS, ApiKeys, Security
 
 if TYPE_CHECKING:
@@ -151,8 +159,49 @@ def run_server(
         config = uvicorn.Config(
             api,
             log_level="warning",
+            access_log=False,  # uvicorn's line has the query string, which may hold secrets: ours has not
             timeout_graceful_shutdown=5,
             timeout_keep_alive=KEEP_ALIVE_S,
             server_header=False,
         )
-        uvicorn.Server(config).run(sockets=[sock])
+        with access_log_on_stderr(), until_stopped():
+            uvicorn.Server(config).run(sockets=[sock])
+        typer.echo(f"stopped serving on {url}")
+
+
+class Stopped(Exception):
+    """SIGTERM, which uvicorn delivers again once it has shut down gracefully."""
+
+
+@contextmanager
+def until_stopped() -> Iterator[None]:
+    """Ends the block quietly on SIGTERM or Ctrl-C (after uvicorn's graceful shutdown), so that the
+    classifier is closed and the server can say it stopped."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise Stopped
+
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    previous = signal.signal(signal.SIGTERM, stop) if in_main_thread else None
+    try:
+        yield
+    except (Stopped, KeyboardInterrupt):
+        pass
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def access_log_on_stderr() -> Iterator[None]:
+    """The access log's lines on stderr while the server runs."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    level = ACCESS_LOGGER.level
+    ACCESS_LOGGER.addHandler(handler)
+    ACCESS_LOGGER.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        ACCESS_LOGGER.removeHandler(handler)
+        ACCESS_LOGGER.setLevel(level)

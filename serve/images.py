@@ -18,12 +18,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from distilshot.core.preprocess import STRIP_PIXELS, WIDE_INT_MODES, flatten
 from distilshot.errors import DistilshotError, ImageError
 
-ImageSource = str | Path | bytes | Image.Image
+ImageSource = str | Path | bytes | Image.Image | np.ndarray
 
 MAX_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 40_000_000
@@ -42,6 +43,8 @@ DEFAULT_DECODE_MEMORY_MB = 1024
 # Decoders we accept. Restricting Pillow to common raster formats keeps exotic parsers (and EPS, which
 # would run Ghostscript) away from untrusted bytes.
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")  # JPEG includes MPO
+# uint8 pixel arrays by their channels (None: HxW): grey, grey, RGB, RGBA
+ARRAY_CHANNELS = (None, 1, 3, 4)
 # Modes that Pillow can convert to both "L" and "RGB" (e.g. LAB cannot become "L").
 MODES = frozenset(
     {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "HSV", "I", "F"}
@@ -223,15 +226,19 @@ def set_decode_memory(total_bytes: int) -> None:
 
 
 def _open(source: ImageSource, name: str, max_bytes: int) -> Image.Image:
-    """The image with only its header parsed (a PIL image as given)."""
+    """The image with only its header parsed (a PIL image as given, an array wrapped)."""
     if isinstance(source, Image.Image):
         return source
+    if isinstance(source, np.ndarray):
+        return _from_array(source, name)
     if isinstance(source, str | Path):
         data = _read_file(Path(source), name, max_bytes)
     elif isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
     else:
-        raise ImageError(f"{name}: expected a path, bytes or a PIL image, not {type(source).__name__}")
+        raise ImageError(
+            f"{name}: expected a path, bytes, a PIL image or a numpy array, not {type(source).__name__}"
+        )
     if len(data) > max_bytes:
         raise ImageError(f"{name}: {len(data)} bytes is more than the limit of {max_bytes} bytes")
     formats = _decoders()
@@ -245,6 +252,25 @@ def _open(source: ImageSource, name: str, max_bytes: int) -> Image.Image:
         raise ImageError(f"{name}: too many pixels to decode safely (decompression bomb?): {error}") from None
     except Exception as error:  # a malformed header can make any plugin raise anything
         raise ImageError(f"{name}: corrupt image header ({error})") from None
+
+
+def _from_array(array: np.ndarray, name: str) -> Image.Image:
+    """A PIL image over a copy of a uint8 HxW, HxWx1, HxWx3 or HxWx4 array (grey, RGB, RGBA). Its size
+    is checked against the pixel limits before the copy, as a file's header is."""
+    channels = array.shape[2] if array.ndim == 3 else None
+    if array.ndim not in (2, 3) or channels not in ARRAY_CHANNELS:
+        raise ImageError(
+            f"{name}: an image array must be HxW, HxWx1, HxWx3 or HxWx4, not of shape {array.shape}"
+        )
+    if array.dtype != np.uint8:
+        raise ImageError(f"{name}: an image array must hold uint8 pixels (0-255), not {array.dtype}")
+    height, width = array.shape[:2]
+    if height * width > MAX_PIXELS:
+        raise ImageError(
+            f"{name}: {width}x{height} is {height * width} pixels, more than the limit of {MAX_PIXELS}"
+        )
+    pixels = array[:, :, 0] if channels == 1 else array
+    return Image.fromarray(np.ascontiguousarray(pixels))  # uint8: L, RGB or RGBA by its shape
 
 
 @functools.cache

@@ -188,3 +188,98 @@ def test_info_summarises_the_bundle_and_engine(clf, bundle):
     assert info["fingerprint"] == clf.manifest.fingerprint() and len(info["fingerprint"]) == 64
     assert info["engine"] == "onnxruntime" and info["providers"] == ["CPUExecutionProvider"]
     assert info["store"] is None and info["classes"] == 0
+
+
+def int8_variant(bundle_dir):
+    """`bundle_dir` with a second graph "embedder-int8" (the "top" embedder: other bytes, other
+    embeddings), as export adds an int8 graph."""
+    import dataclasses
+
+    import onnx
+    from serve_fixtures import embedder_model
+
+    from distilshot.core.files import sha256_file
+    from distilshot.core.manifest import load_manifest
+
+    onnx.save(embedder_model("top"), bundle_dir / "int8.onnx")
+    manifest = load_manifest(bundle_dir)
+    graph = dataclasses.replace(manifest.embedder, file="int8.onnx", precision="int8")
+    files = {**manifest.files, "int8.onnx": sha256_file(bundle_dir / "int8.onnx")}
+    dataclasses.replace(manifest, graphs={**manifest.graphs, "embedder-int8": graph}, files=files).save(
+        bundle_dir
+    )
+    return bundle_dir
+
+
+def test_a_store_of_another_graph_or_model_names_the_reembed_command(tmp_path):
+    bundle = int8_variant(make_bundle(tmp_path / "b"))
+    with FewShotClassifier(bundle, tmp_path / "s.db") as clf:
+        clf.register("red", [solid(RED)])
+    with pytest.raises(StoreError) as other_graph:
+        FewShotClassifier(bundle, tmp_path / "s.db", precision="int8")
+    message = str(other_graph.value)
+    assert "holds the embeddings of this bundle's fp32 graph, not of its int8 graph" in message
+    assert "open it with --precision fp32" in message and "another model" not in message
+    assert f"distilshot reembed --bundle {bundle} --store {tmp_path / 's.db'} --precision int8" in message
+
+    other = make_bundle(tmp_path / "other", "two")
+    with pytest.raises(StoreError) as other_model:
+        FewShotClassifier(other, tmp_path / "s.db")
+    message = str(other_model.value)
+    assert "another model" in message and "re-embed its 1 support images" in message
+    assert f"`distilshot reembed --bundle {other} --store {tmp_path / 's.db'}`" in message
+    assert "--reembed" not in message  # a flag few commands have
+
+    with FewShotClassifier(bundle, tmp_path / "s.db", precision="int8", reembed=True) as clf:
+        assert clf.classes()[0].shots == 1  # re-embedded for the int8 graph, which now opens it
+    FewShotClassifier(bundle, tmp_path / "s.db", precision="int8").close()
+
+
+def test_embed_returns_the_named_embeddings_of_paths_bytes_pil_and_arrays(clf, tmp_path):
+    path = write_image(tmp_path / "red.png", solid(RED))
+    pixels = np.asarray(solid(BLUE))
+    embedded = clf.embed([path, encode(solid(GREEN)), solid(RED), pixels, pixels[:, :, :1]])
+    assert set(embedded) == {"embedding"} and embedded["embedding"].dtype == np.float32
+    vectors = embedded["embedding"]
+    assert vectors.shape == (5, 4)
+    for row, rgb in enumerate([RED, GREEN, RED, BLUE]):
+        np.testing.assert_allclose(vectors[row], expected_embedding(rgb), atol=1e-5)
+    np.testing.assert_allclose(
+        vectors[4], expected_embedding((0, 0, 0)), atol=1e-5
+    )  # its red channel (0) as a grey image
+    assert clf.embed([])["embedding"].shape == (0, 4)
+    with pytest.raises(DistilshotError, match="a list of images, not a single image"):
+        clf.embed(pixels)
+    batch = np.stack([pixels, pixels])  # an [N, H, W, C] array is N images
+    np.testing.assert_allclose(clf.embed(batch)["embedding"], vectors[[3, 3]], atol=1e-6)
+
+
+def test_arrays_register_and_classify_like_images(clf):
+    clf.register("red", [np.asarray(solid(RED))])
+    clf.register("blue", [np.asarray(solid(BLUE)).copy()])
+    (prediction,) = clf.classify([np.asarray(solid((200, 20, 20)))])
+    assert prediction.image == "image 1" and prediction.label == "red"
+    with pytest.raises(ImageError, match="image 2: an image array must hold uint8 pixels"):
+        clf.register("green", [np.asarray(solid(GREEN)), np.zeros((20, 20), np.float64)])
+    assert [c.name for c in clf.classes()] == ["blue", "red"]
+
+
+def test_register_exist_ok_makes_a_script_rerunnable(clf):
+    first = clf.register("café", [solid(RED)], exist_ok=True)
+    again = clf.register("cafe\u0301", [solid(BLUE), solid(BLUE)], exist_ok=True)  # the same name, decomposed
+    assert again == first and clf.classes()[0].shots == 1  # left as it was
+    with pytest.raises(StoreError, match="already registered"):
+        clf.register("café", [solid(RED)])
+    assert clf.add_shots("café", [solid(RED)]).shots == 2
+
+
+def test_classify_each_answers_the_good_images_and_returns_the_errors(clf, tmp_path):
+    clf.register("red", [solid(RED)])
+    clf.register("blue", [solid(BLUE)])
+    answers = clf.classify_each([solid(RED), b"not an image", tmp_path / "missing.png", solid(BLUE)])
+    assert [a.label for a in (answers[0], answers[3])] == ["red", "blue"]
+    assert isinstance(answers[1], ImageError) and "image 2: not an image" in str(answers[1])
+    assert isinstance(answers[2], ImageError) and "missing.png: file not found" in str(answers[2])
+    assert [a.image for a in (answers[0], answers[3])] == ["image 1", "image 4"]
+    with pytest.raises(ImageError):
+        clf.classify([solid(RED), b"not an image"])

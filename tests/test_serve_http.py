@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import sqlite3
 from dataclasses import replace
 
@@ -279,3 +280,45 @@ def test_store_export_and_import_across_models(api, tmp_path):
         junk = target.post("/v1/store/import", files={"store": ("x.db", b"not a store at all")})
         assert junk.status_code == 400 and "not a distilshot support store" in junk.json()["detail"]
         assert len(target.get("/v1/classes").json()) == 2
+
+
+def test_docs_page_loads_only_local_assets_that_are_served(api):
+    client, _, _ = api
+    page = client.get("/v1/docs")
+    assert page.status_code == 200 and "SwaggerUIBundle" in page.text
+    urls = re.findall(r"""(?:src|href)=["']([^"']+)["']|url: ?["']([^"']+)["']""", page.text)
+    urls = [a or b for a, b in urls]
+    assert len(urls) == 4 and "/v1/openapi.json" in urls  # script, style, icon, the document
+    assert all(u.startswith("/v1/") for u in urls), urls  # no CDN: the page works offline
+    for url in urls:
+        answer = client.get(url)
+        assert answer.status_code == 200 and answer.content, url
+    assert "http://" not in page.text and "https://" not in page.text
+
+
+def test_access_log_has_one_line_per_request_without_secrets(api, caplog):
+    client, _, _ = api
+    with caplog.at_level("INFO", logger="distilshot.access"):
+        client.get("/v1/classes?api_key=sekrit-in-query", headers={"Authorization": "Bearer sekrit-header"})
+        client.get("/v1/classes/no%0Asuch")
+        client.post("/v1/classify", files=files(("q.png", b"not an image")))
+    lines = [r.getMessage() for r in caplog.records if r.name == "distilshot.access"]
+    assert len(lines) == 3, lines
+    assert re.fullmatch(r"127\.0\.0\.1 GET /v1/classes 200 \d+\.\d ms", lines[0]), lines[0]
+    assert re.fullmatch(r"127\.0\.0\.1 GET /v1/classes/no\\nsuch 404 \d+\.\d ms", lines[1]), lines[1]
+    assert re.fullmatch(r"127\.0\.0\.1 POST /v1/classify 422 \d+\.\d ms", lines[2]), lines[2]
+    assert "sekrit" not in caplog.text
+
+
+def test_the_server_logs_requests_on_stderr_and_says_when_it_stops(bundle, tmp_path):
+    from serve_http import ServerProcess
+
+    server = ServerProcess("--bundle", bundle, "--store", tmp_path / "s.db", "--no-demo")
+    try:
+        httpx.get(f"{server.url}/v1/health?token=sekrit", timeout=30)
+    finally:
+        server.process.terminate()
+        rest, _ = server.process.communicate(timeout=30)
+    output = "".join(server.output) + rest
+    assert re.search(r"127\.0\.0\.1 GET /v1/health 200 \d+\.\d ms", output), output
+    assert output.rstrip().endswith(f"stopped serving on {server.url}") and "sekrit" not in output

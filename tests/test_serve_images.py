@@ -141,7 +141,7 @@ def test_too_small():
 def test_unsupported_mode_and_type():
     with pytest.raises(ImageError, match="colour mode 'LAB'"):
         load_image(Image.new("LAB", (10, 10)), name="lab")
-    with pytest.raises(ImageError, match="expected a path, bytes or a PIL image"):
+    with pytest.raises(ImageError, match="expected a path, bytes, a PIL image or a numpy array"):
         load_image(42)  # type: ignore[arg-type]
 
 
@@ -515,3 +515,33 @@ def _big_text_chunk() -> object:
     info = PngInfo()
     info.add_text("padding", "x" * 500_000)
     return info
+
+
+@pytest.mark.parametrize(
+    ("shape", "mode"), [((12, 10), "L"), ((12, 10, 1), "L"), ((12, 10, 3), "RGB"), ((12, 10, 4), "RGBA")]
+)
+def test_uint8_arrays_are_images_of_their_channels(shape, mode):
+    pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    image = load_image(pixels)
+    assert image.mode == mode and image.size == (10, 12)
+    assert np.array_equal(np.asarray(image), pixels.reshape(image.size[1], image.size[0], -1).squeeze())
+    with decoded(pixels[::-1]) as flipped:  # a view with negative strides is copied, not misread
+        assert np.array_equal(np.asarray(flipped), pixels[::-1].squeeze())
+    assert decode_budget().used == 0
+
+
+def test_arrays_get_the_limits_of_files():
+    for pixels, message in [
+        (np.zeros((12, 10, 2), np.uint8), r"HxW, HxWx1, HxWx3 or HxWx4, not of shape \(12, 10, 2\)"),
+        (np.zeros((2, 12, 10, 3), np.uint8), "not of shape"),
+        (np.zeros((12, 10), np.float32), "uint8 pixels .* not float32"),
+        (np.zeros((12, 10), bool), "not bool"),
+        (np.zeros((4, 30), np.uint8), "30x4 is too small"),
+    ]:
+        with pytest.raises(ImageError, match=message):
+            load_image(pixels, name="arr")
+    huge = np.lib.stride_tricks.as_strided(
+        np.zeros(1, np.uint8), (8000, 6000), (0, 0)
+    )  # 48 Mpixel, no memory
+    with pytest.raises(ImageError, match="more than the limit of 40000000"):
+        load_image(huge)
