@@ -183,7 +183,7 @@ def test_cli_reembed_export_import_and_unknown(tmp_path):
     refused = run(
         "register", "--bundle", second, "--store", "s.db", "blue", "blue.png", cwd=tmp_path, ok=False
     )
-    assert "--reembed" in refused.stderr
+    assert "distilshot reembed" in refused.stderr
     run("register", "--bundle", second, "--store", "s.db", "--reembed", "blue", "blue.png", cwd=tmp_path)
     run("export-store", "copy.db", "--store", "s.db", cwd=tmp_path)
     imported = run(

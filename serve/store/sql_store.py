@@ -83,7 +83,8 @@ class SqlStore(ClassStore):
             raise ModelMismatchError(
                 f"{self._where} holds embeddings of model {stored[:12]}…, but this bundle is model "
                 f"{fingerprint[:12]}…; embeddings of two models are never mixed. Re-embed its {shots} "
-                "support images with this bundle (CLI: --reembed; Python: reembed=True), after which the "
+                "support images with this bundle (`distilshot reembed --bundle B --store S`; Python: "
+                "reembed=True), after which the "
                 "store belongs to this bundle, or use another store"
             )
         with self._change(check_model=False) as conn:  # reembed_store checks the model itself
