@@ -99,7 +99,10 @@ def export(
     json_output: JsonOpt = False,
 ) -> None:
     """Export a checkpoint to a bundle (ONNX embedder + manifest.json, checked against PyTorch on real
-    images) and/or add deployment formats to a bundle, each checked on the evaluation episodes."""
+    images) and/or add deployment formats to a bundle, each checked on the evaluation episodes.
+
+    Example: distilshot export --bundle runs/RUN/bundle --to int8,openvino,ort
+    """
     from distilshot.errors import DistilshotError
 
     formats = parse_formats(to)
@@ -180,7 +183,10 @@ def train_export(
     run_dir: RunDirOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Train, evaluate on the held-out classes, export a bundle and check it against PyTorch."""
+    """Train, evaluate on the held-out classes, export a bundle and check it against PyTorch.
+
+    Example: distilshot train-export --method bml --dataset omniglot --preset quick
+    """
     from distilshot.export.pipeline import train_and_export
     from distilshot.train.pipeline import default_run_dir
 
@@ -219,7 +225,10 @@ def generator(
     json_output: JsonOpt = False,
 ) -> None:
     """Train feature generators by progressive distillation on the bundle's base classes and add them to
-    the bundle; `classify --augment` then completes each class with generated features."""
+    the bundle; `classify --augment` then completes each class with generated features.
+
+    Example: distilshot generator --bundle runs/RUN/bundle
+    """
     import numpy as np
 
     from distilshot.core.manifest import load_manifest
@@ -267,7 +276,10 @@ def adapt(
     json_output: JsonOpt = False,
 ) -> None:
     """REFILLED adapt mode: distil the bundle's embedder into a small student for exactly the store's
-    classes; the new bundle classifies them with a fixed classifier and still accepts new classes."""
+    classes; the new bundle classifies them with a fixed classifier and still accepts new classes.
+
+    Example: distilshot adapt --bundle runs/RUN/bundle --store classes.db --out adapted/
+    """
     from distilshot.core.manifest import load_manifest
     from distilshot.export.adapt_bundle import adapt as run_adapt
     from distilshot.export.adapt_bundle import restore_for
