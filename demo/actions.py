@@ -1,7 +1,8 @@
 """What the demo's events do (demo/app.py wires them to its components), over one FewShotClassifier.
 
 Each handler returns the new values of its event's outputs. A DistilshotError becomes the status line
-(without server paths) and changes nothing; `gr.skip()` leaves an output as it was.
+(without server paths) and stores nothing; `gr.skip()` leaves an output as it was. A refused register or
+add clears the images it was given, so they are never stored later under a name typed afterwards.
 """
 
 from __future__ import annotations
@@ -16,11 +17,24 @@ from PIL import Image
 
 from distilshot.demo.examples import ExampleSet
 from distilshot.errors import DistilshotError
-from distilshot.serve.classifier import FewShotClassifier
+from distilshot.serve.classifier import FewShotClassifier, Prediction
 from distilshot.serve.http_errors import redact_paths
+from distilshot.serve.store import DuplicateClassError, UnknownClassError
 
 TOP_K = 5
 GALLERY_LIMIT = 200  # classes shown in the gallery; the API lists all of them
+NEAREST = "Nearest support images"
+NEAREST_UNKNOWN = "Nearest support images (none is near enough: unknown)"
+PLURALS = {"class": "classes", "example class": "example classes"}
+
+
+def count(n: int, noun: str) -> str:
+    """`n` and `noun`, in the singular for one: "1 class", "2 classes", "1 image", "3 images"."""
+    return f"{n} {noun if n == 1 else PLURALS.get(noun, noun + 's')}"
+
+
+def percent(probability: float) -> str:
+    return f"{100 * probability:.0f}%"
 
 
 def drawing(value: Any) -> Image.Image | None:
@@ -43,6 +57,11 @@ def _png(image: Image.Image) -> bytes:
 
 def _image(png: bytes) -> Image.Image:
     return Image.open(io.BytesIO(png))
+
+
+def previews(drawings: list[bytes]) -> list[tuple[Image.Image, str]]:
+    """The drawings taken so far, captioned with the names they are stored under."""
+    return [(_image(png), f"drawing {i + 1}") for i, png in enumerate(drawings)]
 
 
 class DemoActions:
@@ -87,46 +106,79 @@ class DemoActions:
                 png = self.classifier.thumbnail(info.name, first.id)
             except DistilshotError:  # removed meanwhile by another client
                 continue
-            items.append((_image(png), f"{info.name} ({info.shots} shots)"))
+            items.append((_image(png), f"{info.name} ({count(info.shots, 'shot')})"))
         return items
 
     def class_names(self) -> gr.Dropdown:
         return gr.Dropdown(choices=[c.name for c in self.classifier.classes()], value=None)
 
+    def class_count(self) -> str:
+        registered = len(self.classifier.classes())
+        if registered == 0 and self.examples is not None:
+            return "No classes yet: load the example set, or register your own below"
+        return f"{count(registered, 'class')} registered"
+
     def refresh(self) -> tuple[list, gr.Dropdown, str]:
-        count = len(self.classifier.classes())
-        return self.gallery(), self.class_names(), f"{count} classes registered"
+        """Outputs: gallery, remove choice, class count."""
+        return self.gallery(), self.class_names(), self.class_count()
 
     def register(
         self, name: str, files: list[str] | None, drawings: list[bytes], request: gr.Request
     ) -> tuple:
-        """Outputs: files, drawings, class name, gallery, remove choice, status (+ drawing previews)."""
+        """Adds a new class. Outputs: files, drawings, class name, gallery, remove choice, class count,
+        status (+ drawing previews)."""
+        return self._store_images(name, files, drawings, request, add=False)
+
+    def add_shots(
+        self, name: str, files: list[str] | None, drawings: list[bytes], request: gr.Request
+    ) -> tuple:
+        """Adds the images to an existing class; the outputs of `register`."""
+        return self._store_images(name, files, drawings, request, add=True)
+
+    def _store_images(
+        self, name: str, files: list[str] | None, drawings: list[bytes], request: gr.Request, *, add: bool
+    ) -> tuple:
         names = [Path(f).name for f in files or []] + [f"drawing {i + 1}" for i in range(len(drawings))]
         try:
             self.need_admin(request)
             sources: list[Any] = [self.own_file(f) for f in files or []] + [bytes(d) for d in drawings]
             if not sources:
                 raise DistilshotError("upload or draw at least one support image")
-            info = self.classifier.register(name, sources, names=names)
-            status = f"registered **{info.name}** with {info.shots} images"
-            cleared: tuple = (None, [], "")
-            previews: tuple = ([],)
+            if add:
+                info = self.classifier.add_shots(name, sources, names=names)
+                added = count(len(sources), "image")
+                status = f"added {added} to **{info.name}**, now {count(info.shots, 'image')}"
+            else:
+                info = self.classifier.register(name, sources, names=names)
+                status = f"registered **{info.name}** with {count(info.shots, 'image')}"
+            kept_name: Any = ""
         except DistilshotError as error:
-            status = self.failed(error)
-            cleared = (gr.skip(), gr.skip(), gr.skip())
-            previews = (gr.skip(),)
-        return (*cleared, *self.refresh()[:2], status, *(previews if self.sketch else ()))
+            status = self.refusal(name, error, cleared=bool(names))
+            kept_name = gr.skip()
+        return (None, [], kept_name, *self.refresh(), status, *(([],) if self.sketch else ()))
+
+    def refusal(self, name: str, error: DistilshotError, *, cleared: bool) -> str:
+        """The status for a refused register or add: why, that the images are gone, and the other button
+        where it fits."""
+        reason, hint = self.failed(error), ""
+        if isinstance(error, DuplicateClassError):
+            reason = f"**{name}** is already registered"
+            hint = ": to add images to it, upload them again and press Add images to this class"
+        elif isinstance(error, UnknownClassError):
+            reason = f"there is no class **{name}** yet"
+            hint = ": to create it, upload its images again and press Register class"
+        return reason + ("; nothing was stored and the images are cleared" if cleared else "") + hint
 
     def add_drawing(self, value: Any, drawings: list[bytes]) -> tuple:
         """Outputs: drawings, their previews, status."""
         image = drawing(value)
         if image is None:
-            return drawings, [_image(d) for d in drawings], "draw something first"
+            return drawings, previews(drawings), "draw something first"
         drawings = [*drawings, _png(image)]
-        return drawings, [_image(d) for d in drawings], f"{len(drawings)} drawings ready to register"
+        return drawings, previews(drawings), f"{count(len(drawings), 'drawing')} ready to store"
 
     def remove(self, name: str | None, request: gr.Request) -> tuple:
-        """Outputs: gallery, remove choice, status."""
+        """Outputs: gallery, remove choice, class count, removal status."""
         try:
             self.need_admin(request)
             if not name:
@@ -135,18 +187,19 @@ class DemoActions:
             status = f"removed **{name}**"
         except DistilshotError as error:
             status = self.failed(error)
-        return (*self.refresh()[:2], status)
+        return (*self.refresh(), status)
 
     def load_examples(self, request: gr.Request) -> tuple:
-        """Outputs: gallery, remove choice, status. Wired only where there is an example set."""
+        """Outputs: gallery, remove choice, class count. Wired only where there is an example set."""
         assert self.examples is not None
         present = {c.name for c in self.classifier.classes()}
         missing = {name: files for name, files in self.examples.support.items() if name not in present}
+        status = "the example classes are registered already"
         try:
             self.need_admin(request)
             if missing:
                 self.classifier.register_many(missing)
-            status = f"registered {len(missing)} example classes ({len(self.examples.support)} in the set)"
+                status = f"loaded {count(len(missing), 'example class')}; {self.class_count()}"
         except DistilshotError as error:
             status = self.failed(error)
         return (*self.refresh()[:2], status)
@@ -164,21 +217,32 @@ class DemoActions:
             )
         except DistilshotError as error:
             return self.failed(error), None, []
-        answer, detail = prediction.label, ""
+        nearest = gr.Gallery(
+            self.nearest_images(prediction),
+            label=NEAREST_UNKNOWN if prediction.unknown else NEAREST,
+        )
         if prediction.unknown:  # never shown as a label with its probability: the top-k are only candidates
-            best, probability = prediction.top_k[0]
-            answer = "unknown"
-            detail = (
-                f" (closest class {best}, {100 * probability:.0f}% among the registered classes, but its "
-                f"logit {prediction.logits[0]:.3g} is below the threshold {prediction.threshold:.3g})"
-            )
-        nearest = []
+            return self.unknown_answer(prediction), "unknown", nearest
+        return f"Answer: {prediction.label}", dict(prediction.top_k), nearest
+
+    def unknown_answer(self, prediction: Prediction) -> str:
+        """ "unknown", then the best guess in small print."""
+        best, probability = prediction.top_k[0]
+        return (
+            f"Answer: unknown\n\n<small>closest class {best}, {percent(probability)} among the registered "
+            f"classes, but its logit {prediction.logits[0]:.3g} is below the threshold "
+            f"{prediction.threshold:.3g}</small>"
+        )
+
+    def nearest_images(self, prediction: Prediction) -> list[tuple[Image.Image, str]]:
+        """Each top class's support image nearest to the query, captioned with its probability."""
+        images = []
         for (label, score), shot in zip(prediction.top_k, prediction.nearest, strict=True):
-            if shot is not None:
-                try:
-                    png = self.classifier.thumbnail(label, shot)
-                except DistilshotError:
-                    continue
-                nearest.append((_image(png), f"{label}: {score:.2f}"))
-        ranked = "unknown" if prediction.unknown else dict(prediction.top_k)
-        return f"Answer: {answer}{detail}", ranked, nearest
+            if shot is None:
+                continue
+            try:
+                png = self.classifier.thumbnail(label, shot)
+            except DistilshotError:  # removed meanwhile by another client
+                continue
+            images.append((_image(png), f"{label}: {percent(score)}"))
+        return images
