@@ -110,7 +110,7 @@ def test_demo_events_read_no_file_outside_their_uploads(demo, tmp_path):
     # what the page does, upload and then name the upload, works
     uploaded = upload(client, "mine.png", png(RED))
     event, out = gradio_call(client, "register", ["mine", [file_data(uploaded)]])
-    assert event == "complete" and "registered **mine** with 1 images" in out[-1]
+    assert event == "complete" and "registered **mine** with 1 image" in out[-1]
     event, out = gradio_call(client, "classify", [file_data(upload(client, "q.png", png(RED))), None])
     assert event == "complete" and out[0] == "Answer: mine"
 
