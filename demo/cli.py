@@ -22,6 +22,7 @@ from distilshot.serve.http_cli import (
     Port,
     Reembed,
     demo_mount,
+    demo_store_for,
 )
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
@@ -39,11 +40,19 @@ def latest_bundle(runs: Path = Path("runs")) -> Path:
 def demo(
     ctx: typer.Context,
     bundle: Annotated[
-        Path | None, typer.Option("--bundle", "-b", help="Bundle folder; default: newest runs/*/bundle.")
+        Path | None,
+        typer.Option(
+            "--bundle", "-b", envvar="DISTILSHOT_BUNDLE", help="Bundle folder; default: newest runs/*/bundle."
+        ),
     ] = None,
     store: Annotated[
-        Path | None,
-        typer.Option("--store", "-s", help="Support store; default: demo-classes.db beside the bundle."),
+        str | None,
+        typer.Option(
+            "--store",
+            "-s",
+            envvar="DISTILSHOT_STORE",
+            help="Support store; default: ~/.local/share/distilshot/RUN.db (outside the run folder).",
+        ),
     ] = None,
     host: Host = "127.0.0.1",
     port: Port = 7860,
@@ -53,11 +62,14 @@ def demo(
     insecure_no_auth: InsecureNoAuth = False,
     allowed_host: AllowedHosts = None,
 ) -> None:
-    """Run the Gradio demo (with the HTTP API beside it); open the printed URL in a browser."""
+    """Run the Gradio demo (with the HTTP API beside it); open the printed URL in a browser.
+
+    Example: distilshot demo --bundle runs/RUN/bundle
+    """
     from distilshot.serve.http_server import run_server, server_security
 
     bundle = bundle or latest_bundle()
-    store = store or bundle.parent / "demo-classes.db"
+    store = store or str(demo_store_for(bundle))
     security = server_security(host, api_keys, insecure_no_auth, allowed_host)
     ui = demo_mount(ctx)
     run_server(bundle, store, host, port, security, backend, reembed, ui=ui, insecure=insecure_no_auth)
