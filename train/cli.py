@@ -4,6 +4,7 @@ backbones, datasets, presets, method parameters), so it needs the method classes
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -91,11 +92,14 @@ def request_from_options(
     params: list[str] | None,
     teacher_backbone: str | None = None,
     teacher: Path | None = None,
+    sync_batchnorm: bool = False,
 ) -> Any:
     """The TrainRequest the shared training options describe."""
     from distilshot.train.recipes import TrainRequest
 
     overrides = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "lr": lr, "image_size": image_size}
+    if sync_batchnorm:  # only when asked, so that other requests keep their config.json
+        overrides["sync_batchnorm"] = True
     return TrainRequest(
         method=method,
         dataset=dataset,
@@ -129,13 +133,29 @@ def train(
     resume: Annotated[
         Path | None, typer.Option(help="continue the run in this folder from its last checkpoint")
     ] = None,
+    nproc_per_node: Annotated[
+        int,
+        typer.Option(
+            help="train with this many processes on this machine (runs torchrun --standalone; one GPU each "
+            "on CUDA); batch sizes and episodes are per process"
+        ),
+    ] = 1,
+    sync_batchnorm: Annotated[
+        bool,
+        typer.Option(
+            help="with several processes on CUDA, BatchNorm over all their batches (default: each its own)"
+        ),
+    ] = False,
     json_output: JsonOpt = False,
 ) -> None:
-    """Train a few-shot embedding network; writes checkpoints, metrics and plots to a run folder."""
+    """Train a few-shot embedding network; writes checkpoints, metrics and plots to a run folder. Under
+    torchrun every process trains and rank 0 writes; progress goes to stderr with --json."""
+    from distilshot.train import distributed
     from distilshot.train.pipeline import default_run_dir
-    from distilshot.train.pipeline import train as run_training
     from distilshot.train.recipes import TrainRequest
 
+    if nproc_per_node > 1 and "RANK" not in os.environ:  # the ranks torchrun starts have RANK set
+        raise typer.Exit(distributed.launch(nproc_per_node))
     if resume is not None:
         config_file = resume / "config.json"
         if not config_file.is_file():
@@ -157,9 +177,18 @@ def train(
             params,
             teacher_backbone,
             teacher,
+            sync_batchnorm,
         )
         folder = run_dir or default_run_dir(request)
-    outcome = run_training(request, folder, resume=resume is not None)
+    with distributed.process_group(request.device) as here:
+        try:
+            outcome = _train_recorded(request, folder, resume is not None, json_output)
+        except KeyboardInterrupt:
+            if here.main:
+                typer.echo(interrupted_message(folder, here.world), err=True)
+            raise typer.Exit(130) from None
+    if not here.main:
+        return
     summary = {
         "run": str(outcome.run.path),
         "checkpoint": str(outcome.run.best),
@@ -167,6 +196,35 @@ def train(
         "seconds": round(outcome.seconds, 1),
     }
     typer.echo(json.dumps(summary) if json_output else f"best checkpoint: {outcome.run.best}")
+
+
+def _train_recorded(request: Any, folder: Path, resume: bool, json_output: bool) -> Any:
+    """Trains; under torchrun an exception is also recorded for torchrun's failure summary."""
+    from rich.console import Console
+
+    from distilshot.train.distributed import launched
+    from distilshot.train.pipeline import train as run_training
+
+    if launched():
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        run_training = record(run_training)
+    console = Console(stderr=json_output)  # --json keeps stdout for the summary
+    return run_training(request, folder, resume=resume, console=console)
+
+
+def interrupted_message(folder: Path, world: int) -> str:
+    """What Ctrl-C prints: how to continue, or that nothing was kept."""
+    from distilshot.train.pipeline import has_checkpoints
+
+    if not has_checkpoints(folder):
+        return "interrupted before the first checkpoint; nothing was kept"
+    command = f"distilshot train --resume {folder}"
+    if world > 1 and os.environ.get("LOCAL_WORLD_SIZE") == str(world):  # all ranks on this machine
+        command += f" --nproc-per-node {world}"
+    elif world > 1:
+        command += f" (under the same torchrun command: {world} processes on all machines)"
+    return f"interrupted; continue with: {command}"
 
 
 @app.command(name="eval")
@@ -214,8 +272,13 @@ def evaluate(
         plots_dir=run_folder_of(checkpoint) / "plots",
         protocols=tuple(protocol) if protocol else None,
     )
-    save_results(run_folder_of(checkpoint), results)
+    path, dropped = save_results(run_folder_of(checkpoint), results)
+    note = f"results saved to {path}"
+    if dropped:
+        counts = sorted({f"{r.episodes} episodes, {r.n_query} queries/class" for r in dropped})
+        note += f" (replacing {len(dropped)} earlier results of {' and '.join(counts)})"
     if json_output:
         typer.echo(json.dumps(results_to_json(results)))
     else:
         print_results(results, title=f"{spec.method}/{spec.backbone} on {spec.dataset}")
+    typer.echo(note, err=json_output)

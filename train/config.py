@@ -35,6 +35,9 @@ class TrainConfig:
     # layout of weights and batches: part of the config because it changes float rounding, so a resume
     # must match
     memory_format: MemoryFormat = MemoryFormat.AUTO
+    # under torchrun: BatchNorm over the batches of all ranks (torch's SyncBatchNorm, CUDA only) instead of
+    # each rank's own batch (train/distributed.py); no effect in a single process
+    sync_batchnorm: bool = False
     # schedule
     epochs: int = 10
     steps_per_epoch: int = 100  # episodes or batches per epoch

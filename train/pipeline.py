@@ -3,6 +3,7 @@ folder, and evaluate a trained model under the standard protocols of its dataset
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
 
 from distilshot.errors import ConfigError
 from distilshot.train.augment import Augmenter
@@ -19,6 +21,7 @@ from distilshot.train.checkpoint import ModelSpec, load_model
 from distilshot.train.config import TrainConfig
 from distilshot.train.data.imageset import ImageSet
 from distilshot.train.data.registry import dataset_info, load_split
+from distilshot.train.distributed import barrier, ranks
 from distilshot.train.evaluation import (
     PROTOCOLS,
     EvalResult,
@@ -30,6 +33,7 @@ from distilshot.train.methods import Method
 from distilshot.train.plots import plot_confusion, plot_embedding
 from distilshot.train.presets import dataset_augmentation
 from distilshot.train.recipes import Stage, TrainRequest
+from distilshot.train.runlock import run_lock
 from distilshot.train.trainer import RunFolder, Trainer, resolve_device
 
 # (n_way, k_shot) settings reported for each benchmark
@@ -93,20 +97,51 @@ def model_spec(cfg: TrainConfig, num_classes: int) -> ModelSpec:
     )
 
 
-def train(request: TrainRequest, run_dir: Path, resume: bool = False) -> TrainOutcome:
+def has_checkpoints(run_dir: Path) -> bool:
+    """Whether a run folder holds training to resume: a folder without (from a start that failed or was
+    stopped before its first epoch ended) holds no run."""
+    return any(Path(run_dir).rglob("last.pt"))
+
+
+def train(
+    request: TrainRequest, run_dir: Path, resume: bool = False, console: Console | None = None
+) -> TrainOutcome:
     """Runs every stage of the request's method in `run_dir`; with `resume`, completed stages are kept
-    and the interrupted one continues from its last checkpoint."""
+    and the interrupted one continues from its last checkpoint. Only one process trains a run folder at a
+    time (train/runlock.py); a start that fails before the first checkpoint removes the folder it
+    created. Under torchrun, every rank calls this and rank 0 writes the folder. `console` shows the
+    progress (default stdout)."""
     run_dir = Path(run_dir)
-    config_file = run_dir / "config.json"
-    if config_file.exists() and not resume:
+    if has_checkpoints(run_dir) and not resume:
         raise ConfigError(
             f"{run_dir} already holds a run; continue it with --resume or use another --run-dir"
         )
     # Check every option before the run folder exists, so a bad request leaves nothing behind.
     configs = {stage.name: request.stage_config(stage) for stage in request.stages}
     dataset_info(request.dataset)
+    main, created = ranks().main, not run_dir.exists()
+    with contextlib.ExitStack() as held:
+        if main:
+            RunFolder(run_dir).create()
+            held.enter_context(run_lock(run_dir))
+            (run_dir / "config.json").write_text(json.dumps(request.to_dict(), indent=2) + "\n")
+        barrier()  # the other ranks start once rank 0 holds the folder
+        try:
+            return _train_stages(request, configs, run_dir, resume, console)
+        except BaseException:
+            if main and created and not has_checkpoints(run_dir):
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+
+
+def _train_stages(
+    request: TrainRequest,
+    configs: dict[str, TrainConfig],
+    run_dir: Path,
+    resume: bool,
+    console: Console | None,
+) -> TrainOutcome:
     run = RunFolder(run_dir)
-    config_file.write_text(json.dumps(request.to_dict(), indent=2) + "\n")
     single = len(request.stages) == 1
     best = {name: Path(request.teacher) for name in request.skipped_stages() if request.teacher}
     outcomes = []
@@ -115,10 +150,10 @@ def train(request: TrainRequest, run_dir: Path, resume: bool = False) -> TrainOu
             continue
         folder = run_dir if single else run_dir / stage.name
         start = time.perf_counter()
-        model, spec = _train_stage(configs[stage.name], stage, folder, best, resume)
+        model, spec = _train_stage(configs[stage.name], stage, folder, best, resume, console)
         best[stage.name] = RunFolder(folder).best
         outcomes.append(StageOutcome(stage.name, stage.method, best[stage.name], time.perf_counter() - start))
-    if not single:
+    if not single and ranks().main:
         shutil.copyfile(best[request.stages[-1].name], run.best)
     return TrainOutcome(model, spec, run, request, outcomes)
 
@@ -135,7 +170,12 @@ def start_from(model: Method, source: Method, name: str) -> None:
 
 
 def _train_stage(
-    cfg: TrainConfig, stage: Stage, folder: Path, best: dict[str, Path], resume: bool
+    cfg: TrainConfig,
+    stage: Stage,
+    folder: Path,
+    best: dict[str, Path],
+    resume: bool,
+    console: Console | None,
 ) -> tuple[Method, ModelSpec]:
     train_set = load_split(cfg.dataset, cfg.train_split, cfg.image_size)
     if cfg.rotated_classes:
@@ -149,7 +189,7 @@ def _train_stage(
         model.set_teacher(load_model(best[stage.teacher])[0])
     elif model.needs_teacher:
         raise ConfigError(f"{stage.method} learns from a teacher, but stage {stage.name!r} names none")
-    trainer = Trainer(model, spec, cfg, train_set, val_set, RunFolder(folder))
+    trainer = Trainer(model, spec, cfg, train_set, val_set, RunFolder(folder), console)
     if resume:
         trainer.resume()
     return trainer.fit(), spec
@@ -236,24 +276,26 @@ def evaluate(
                     )
                 )
     if plots_dir is not None and not outputs:  # the run's plots show the served (unrestricted) head
-        _plot_test_features(model, features, data.labels, plots_dir, spec)
+        _plot_test_features(model, features, data, plots_dir, spec)
     return results
 
 
 def _plot_test_features(
-    model: Method, features: dict[str, torch.Tensor], labels: np.ndarray, plots_dir: Path, spec: ModelSpec
+    model: Method, features: dict[str, torch.Tensor], data: ImageSet, plots_dir: Path, spec: ModelSpec
 ) -> None:
     """An embedding map of ten test classes and the confusion matrix of ten test classes against
     prototypes built from five shots each."""
     from distilshot.train.methods.base import prototype_logits
 
     plots_dir.mkdir(parents=True, exist_ok=True)
+    labels = data.labels
     concatenated = torch.cat([features[k] for k in sorted(features)], 1).numpy()
     plot_embedding(
         concatenated,
         labels,
         plots_dir / "embedding.png",
         f"{spec.method}/{spec.backbone}: test classes (PCA)",
+        class_names=data.class_names,
     )
     rng = np.random.default_rng(0)
     classes = rng.choice(labels.max() + 1, size=min(10, labels.max() + 1), replace=False)
@@ -275,5 +317,8 @@ def _plot_test_features(
     matrix = np.zeros((len(classes), len(classes)), dtype=np.int64)
     np.add.at(matrix, (np.array(truth), logits.argmax(1).numpy()), 1)
     plot_confusion(
-        matrix, plots_dir / "confusion.png", f"{len(classes)} test classes, {shots}-shot prototypes"
+        matrix,
+        plots_dir / "confusion.png",
+        f"{len(classes)} test classes, {shots}-shot prototypes",
+        class_names=[data.class_names[c] for c in classes],
     )

@@ -33,13 +33,18 @@ def run_folder_of(checkpoint: Path) -> Path:
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
 
 
-def save_results(run_dir: Path, results: list[EvalResult]) -> Path:
-    """Adds `results` to the run's eval.json, replacing earlier results of the same protocol."""
-    merged = {r.protocol: r for r in load_results(run_dir) or []}
+def save_results(run_dir: Path, results: list[EvalResult]) -> tuple[Path, list[EvalResult]]:
+    """Adds `results` to the run's eval.json, replacing earlier results of the same protocol. Earlier
+    results measured on another number of episodes or queries are dropped, so that the file (and every
+    table or bundle made from it) reports one measurement; returns the file and the dropped results."""
+    measured = {(r.episodes, r.n_query) for r in results}
+    earlier = load_results(run_dir) or []
+    dropped = [r for r in earlier if (r.episodes, r.n_query) not in measured]
+    merged = {r.protocol: r for r in earlier if r not in dropped}
     merged.update({r.protocol: r for r in results})
     path = Path(run_dir) / EVAL_FILE
     path.write_text(json.dumps([r.to_dict() for r in merged.values()], indent=2) + "\n")
-    return path
+    return path, dropped
 
 
 def load_results(run_dir: Path) -> list[EvalResult] | None:

@@ -1,5 +1,10 @@
 """Index samplers. Each epoch draws from its own generator seeded by (seed, epoch), so any epoch can be
-replayed exactly, which is what makes resumed training identical to uninterrupted training."""
+replayed exactly, which is what makes resumed training identical to uninterrupted training.
+
+Under torchrun (train/distributed.py) each of `world` ranks samples its own part: episodes from a stream of
+its own (seeded by (seed, epoch, rank)), and batches as its slice of one global batch that every rank draws
+alike, so W ranks at batch b see together what one process sees at batch W*b. Rank 0 of any world draws
+what a single process draws."""
 
 from __future__ import annotations
 
@@ -9,8 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
-    return np.random.default_rng([seed, epoch])
+def rank_entropy(words: list[int], rank: int) -> list[int]:
+    """SeedSequence entropy of a random stream on `rank`: `words` on rank 0, whose streams are those of a
+    single process, and `words` + [0, rank] on the others."""
+    return [*words, 0, rank] if rank else words
+
+
+def epoch_rng(seed: int, epoch: int, rank: int = 0) -> np.random.Generator:
+    return np.random.default_rng(rank_entropy([seed, epoch], rank))
 
 
 @dataclass(frozen=True)
@@ -29,8 +40,17 @@ class Episode:
 
 
 class EpisodeSampler:
+    """`episodes` episodes per epoch; on `rank` > 0 a different stream of them."""
+
     def __init__(
-        self, labels: np.ndarray, n_way: int, k_shot: int, n_query: int, episodes: int, seed: int
+        self,
+        labels: np.ndarray,
+        n_way: int,
+        k_shot: int,
+        n_query: int,
+        episodes: int,
+        seed: int,
+        rank: int = 0,
     ) -> None:
         self.by_class = [np.flatnonzero(labels == c) for c in range(int(labels.max()) + 1)]
         eligible = [c for c, idx in enumerate(self.by_class) if len(idx) >= k_shot + n_query]
@@ -42,7 +62,7 @@ class EpisodeSampler:
         self.eligible = np.array(eligible)
         self.n_way, self.k_shot, self.n_query = n_way, k_shot, n_query
         self.episodes = episodes
-        self.seed = seed
+        self.seed, self.rank = seed, rank
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -52,7 +72,7 @@ class EpisodeSampler:
         return self.episodes
 
     def __iter__(self) -> Iterator[Episode]:
-        rng = epoch_rng(self.seed, self.epoch)
+        rng = epoch_rng(self.seed, self.epoch, self.rank)
         per_class = self.k_shot + self.n_query
         for _ in range(self.episodes):
             classes = rng.choice(self.eligible, self.n_way, replace=False)
@@ -112,26 +132,47 @@ class WithinGroupEpisodeSampler(EpisodeSampler):
 
 
 class ClassBalancedBatchSampler(EpisodeSampler):
-    """Batches of `classes_per_batch` classes x `per_class` images: an episode without the query split."""
+    """Batches of `classes_per_batch` classes x `per_class` images: an episode without the query split.
+    Of `world` ranks, each takes its own `classes_per_batch` classes of a global batch of
+    `classes_per_batch * world` distinct classes."""
 
     def __init__(
-        self, labels: np.ndarray, classes_per_batch: int, per_class: int, batches: int, seed: int
+        self,
+        labels: np.ndarray,
+        classes_per_batch: int,
+        per_class: int,
+        batches: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
-        super().__init__(labels, classes_per_batch, per_class, 0, batches, seed)
+        super().__init__(labels, classes_per_batch * world, per_class, 0, batches, seed)
+        self.own = slice(rank * classes_per_batch, (rank + 1) * classes_per_batch)
 
     def __iter__(self) -> Iterator[np.ndarray]:  # type: ignore[override]
         for episode in super().__iter__():
-            yield episode.support.ravel()
+            yield episode.support[self.own].ravel()
 
 
 class RandomBatchSampler:
-    """Shuffled mini-batches over the whole set, the last incomplete batch dropped."""
+    """Shuffled mini-batches over the whole set, the last incomplete batch dropped. Of `world` ranks, each
+    takes its `batch_size` images of a global batch of `batch_size * world`."""
 
-    def __init__(self, size: int, batch_size: int, seed: int, batches: int | None = None) -> None:
-        if size < batch_size:
-            raise ValueError(f"batch size {batch_size} is larger than the {size} training images")
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        seed: int,
+        batches: int | None = None,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        if size < batch_size * world:
+            ranks = f" x {world} ranks" if world > 1 else ""
+            raise ValueError(f"batch size {batch_size}{ranks} is larger than the {size} training images")
         self.size, self.batch_size, self.seed = size, batch_size, seed
-        self.batches = batches or size // batch_size
+        self.global_batch, self.offset = batch_size * world, batch_size * rank
+        self.batches = batches or size // self.global_batch
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -143,7 +184,8 @@ class RandomBatchSampler:
     def __iter__(self) -> Iterator[np.ndarray]:
         rng = epoch_rng(self.seed, self.epoch)
         order = np.concatenate(
-            [rng.permutation(self.size) for _ in range(-(-self.batches * self.batch_size // self.size))]
+            [rng.permutation(self.size) for _ in range(-(-self.batches * self.global_batch // self.size))]
         )
         for b in range(self.batches):
-            yield order[b * self.batch_size : (b + 1) * self.batch_size]
+            start = b * self.global_batch + self.offset
+            yield order[start : start + self.batch_size]

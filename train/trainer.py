@@ -2,7 +2,9 @@
 
 Every epoch re-seeds the global torch RNG, its augmentation generator and its sampler from
 (seed, epoch), and the checkpoint holds model, optimiser and scheduler state, so stopping after any
-epoch and resuming reproduces the uninterrupted run exactly.
+epoch and resuming reproduces the uninterrupted run exactly. Under torchrun (train/distributed.py) every
+rank trains and seeds its streams by its rank as well, rank 0's being those of a single process; only rank
+0 validates and writes the run folder.
 """
 
 from __future__ import annotations
@@ -17,7 +19,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from distilshot.core.enums import MemoryFormat, Optimizer, Sampling, Schedule
 from distilshot.errors import ConfigError
@@ -25,10 +35,17 @@ from distilshot.train.augment import Augmenter, normalize, to_float
 from distilshot.train.checkpoint import ModelSpec, load_model, read_checkpoint, save_checkpoint
 from distilshot.train.config import TrainConfig
 from distilshot.train.data.imageset import ImageSet
+from distilshot.train.distributed import Ranks, barrier, loss_function, rank_device, ranks, sum_over_ranks
 from distilshot.train.evaluation import evaluate_episodes, extract_features
 from distilshot.train.methods.base import Batch, Method
 from distilshot.train.plots import plot_curves
-from distilshot.train.samplers import ClassBalancedBatchSampler, Episode, EpisodeSampler, RandomBatchSampler
+from distilshot.train.samplers import (
+    ClassBalancedBatchSampler,
+    Episode,
+    EpisodeSampler,
+    RandomBatchSampler,
+    rank_entropy,
+)
 
 log = logging.getLogger("distilshot.train")
 
@@ -49,8 +66,8 @@ def resolve_memory_format(spec: str, device: torch.device) -> torch.memory_forma
     return torch.channels_last if layout is MemoryFormat.CHANNELS_LAST else torch.contiguous_format
 
 
-def seed_everything(seed: int, epoch: int = 0) -> None:
-    torch.manual_seed(np.random.SeedSequence([seed, epoch]).generate_state(1)[0].item())
+def seed_everything(seed: int, epoch: int = 0, rank: int = 0) -> None:
+    torch.manual_seed(np.random.SeedSequence(rank_entropy([seed, epoch], rank)).generate_state(1)[0].item())
 
 
 def build_optimizer(model: Method, cfg: TrainConfig, steps_total: int) -> tuple[torch.optim.Optimizer, Any]:
@@ -84,15 +101,25 @@ def build_optimizer(model: Method, cfg: TrainConfig, steps_total: int) -> tuple[
 Sampler = EpisodeSampler | ClassBalancedBatchSampler | RandomBatchSampler
 
 
-def build_sampler(sampling: Sampling, cfg: TrainConfig, labels: np.ndarray) -> Sampler:
-    """The sampler a method's `sampling` asks for, sized by the config."""
+def build_sampler(
+    sampling: Sampling, cfg: TrainConfig, labels: np.ndarray, here: Ranks | None = None
+) -> Sampler:
+    """The sampler a method's `sampling` asks for, sized by the config, for rank `here.rank` of
+    `here.world` (default: the only process): batch sizes and episodes are per rank (train/samplers.py)."""
+    here = here or Ranks()
     sampling = Sampling.parse(sampling, "sampling")
     if sampling is Sampling.EPISODES:
-        return EpisodeSampler(labels, cfg.n_way, cfg.k_shot, cfg.n_query, cfg.steps_per_epoch, cfg.seed)
+        return EpisodeSampler(
+            labels, cfg.n_way, cfg.k_shot, cfg.n_query, cfg.steps_per_epoch, cfg.seed, here.rank
+        )
     if sampling is Sampling.BALANCED:  # n_way classes x k_shot images: every image has same-class peers
-        batches = cfg.steps_per_epoch or len(labels) // (cfg.n_way * cfg.k_shot)
-        return ClassBalancedBatchSampler(labels, cfg.n_way, cfg.k_shot, batches, cfg.seed)
-    return RandomBatchSampler(len(labels), cfg.batch_size, cfg.seed, cfg.steps_per_epoch or None)
+        batches = cfg.steps_per_epoch or len(labels) // (cfg.n_way * cfg.k_shot * here.world)
+        return ClassBalancedBatchSampler(
+            labels, cfg.n_way, cfg.k_shot, batches, cfg.seed, here.rank, here.world
+        )
+    return RandomBatchSampler(
+        len(labels), cfg.batch_size, cfg.seed, cfg.steps_per_epoch or None, here.rank, here.world
+    )
 
 
 class BatchMaker:
@@ -131,6 +158,8 @@ class RunFolder:
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
+
+    def create(self) -> None:
         (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
 
     @property
@@ -162,16 +191,20 @@ class Trainer:
         train_set: ImageSet,
         val_set: ImageSet,
         run: RunFolder,
-        teacher_note: str = "",
+        console: Console | None = None,
     ) -> None:
+        """`console` shows the progress (on rank 0 only); by default stdout."""
         self.model, self.spec, self.cfg, self.run = model, spec, cfg, run
-        self.device = resolve_device(cfg.device)
+        self.ranks = ranks()
+        self.device = rank_device(resolve_device(cfg.device))
         self.memory_format = resolve_memory_format(cfg.memory_format, self.device)
         self.model.to(self.device, memory_format=self.memory_format)
         self.train_set, self.val_set = train_set, val_set
         self.make_batch = BatchMaker(train_set, spec, cfg.augment, self.device, self.memory_format)
-        self.sampler = build_sampler(model.sampling, cfg, train_set.labels)
+        self.sampler = build_sampler(model.sampling, cfg, train_set.labels, self.ranks)
         self.optimizer, self.scheduler = build_optimizer(model, cfg, len(self.sampler) * cfg.epochs)
+        self.step_loss = loss_function(model, cfg.sync_batchnorm, self.device)
+        self.console = console or Console()
         self.history: list[dict[str, Any]] = []
         self.best_val = -1.0
         self.start_epoch = 0
@@ -181,13 +214,21 @@ class Trainer:
         if not self.run.last.exists():
             return False
         payload = read_checkpoint(self.run.last)
-        # checkpoints from before memory_format existed were trained in the contiguous layout
-        saved, ours = {"memory_format": "contiguous", **payload["config"]}, self.cfg.to_dict()
+        # checkpoints from before memory_format and sync_batchnorm existed were trained in the contiguous
+        # layout, with local BatchNorm, by one process
+        saved = {"memory_format": "contiguous", "sync_batchnorm": False, **payload["config"]}
+        ours = self.cfg.to_dict()
         if saved != ours:
             changed = sorted(k for k in saved.keys() | ours.keys() if saved.get(k) != ours.get(k))
             raise ConfigError(
                 f"{self.run.last} was written with a different configuration ({', '.join(changed)} "
                 "differ); use a new run folder"
+            )
+        if payload.get("world_size", 1) != self.ranks.world:
+            raise ConfigError(
+                f"{self.run.last} was written by {payload.get('world_size', 1)} processes and this run has "
+                f"{self.ranks.world}; resume with as many (torchrun --nnodes x --nproc-per-node), since "
+                "each one's batches depend on their number"
             )
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
@@ -206,13 +247,14 @@ class Trainer:
     def _train_epoch(self, epoch: int, progress: Progress) -> dict[str, float]:
         self.model.train()
         self.model.set_progress(epoch, self.cfg.epochs)
-        seed_everything(self.cfg.seed, epoch)
+        rank = self.ranks.rank
+        seed_everything(self.cfg.seed, epoch, rank)
         generator = torch.Generator().manual_seed(
-            int(np.random.SeedSequence([self.cfg.seed, epoch, 1]).generate_state(1)[0])
+            int(np.random.SeedSequence(rank_entropy([self.cfg.seed, epoch, 1], rank)).generate_state(1)[0])
         )
         self.sampler.set_epoch(epoch)
         task = progress.add_task(
-            f"epoch {epoch + 1}/{self.cfg.epochs}", total=len(self.sampler), loss=float("nan")
+            f"epoch {epoch + 1}/{self.cfg.epochs}", total=len(self.sampler), loss=float("nan"), rate=0.0
         )
         totals: dict[str, float] = {}
         images = 0
@@ -220,7 +262,7 @@ class Trainer:
         for step, item in enumerate(self.sampler, start=1):
             batch = self.make_batch(item, generator)
             with self._autocast():
-                out = self.model.loss(batch)
+                out = self.step_loss(batch)
             if not torch.isfinite(out.loss):
                 raise FloatingPointError(
                     f"training loss became {out.loss.item()} at epoch {epoch + 1}, step {step}"
@@ -232,10 +274,14 @@ class Trainer:
             images += len(batch.images)
             for key, value in {"loss": out.loss.item(), **out.metrics}.items():
                 totals[key] = totals.get(key, 0.0) + value
-            progress.update(task, advance=1, loss=totals["loss"] / step)
+            rate = images * self.ranks.world / (time.perf_counter() - start)
+            progress.update(task, advance=1, loss=totals["loss"] / step, rate=rate)
         progress.remove_task(task)
         seconds = time.perf_counter() - start
-        steps = len(self.sampler)
+        # the means of all ranks' steps, and the images all of them trained on
+        totals = sum_over_ranks({**totals, "images": float(images)})
+        images = int(totals.pop("images"))
+        steps = len(self.sampler) * self.ranks.world
         return {
             "train_loss": totals["loss"] / steps,
             "train_acc": totals.get("acc", float("nan")) / steps,
@@ -261,27 +307,46 @@ class Trainer:
         )
 
     def fit(self) -> Method:
-        """Trains the remaining epochs and returns the model with its best validation weights loaded."""
-        handler = self.run.attach_log()
+        """Trains the remaining epochs and returns the model with its best validation weights loaded (on
+        every rank, once rank 0 has written them)."""
+        main = self.ranks.main
+        if main:
+            self.run.create()
+        handler = self.run.attach_log() if main else logging.NullHandler()
         try:
+            processes = f", {self.ranks.world} processes" if self.ranks.world > 1 else ""
             log.info(
-                "training %s/%s on %s (%s preset) on %s",
+                "training %s/%s on %s (%s preset) on %s%s",
                 self.cfg.method,
                 self.cfg.backbone,
                 self.cfg.dataset,
                 self.cfg.preset,
                 self.device,
+                processes,
             )
+            if main and self.start_epoch < self.cfg.epochs:
+                self.console.print(
+                    f"training {self.cfg.method}/{self.cfg.backbone} on {self.cfg.dataset}: epochs "
+                    f"{self.start_epoch + 1}-{self.cfg.epochs} of {len(self.sampler)} steps on "
+                    f"{self.device}{processes} -> {self.run.path}",
+                    markup=False,
+                    highlight=False,
+                    soft_wrap=True,
+                )
             columns = (
                 TextColumn("{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}"),
+                TextColumn("loss {task.fields[loss]:.4f}  {task.fields[rate]:.0f} img/s"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
                 TimeRemainingColumn(),
             )
-            with Progress(*columns, transient=True) as progress:
+            with Progress(*columns, console=self.console, transient=True, disable=not main) as progress:
                 for epoch in range(self.start_epoch, self.cfg.epochs):
                     record = {"epoch": epoch + 1, **self._train_epoch(epoch, progress)}
+                    if not main:
+                        continue
                     val = self.validate()
                     record.update(
                         val_acc=val.mean,
@@ -302,7 +367,7 @@ class Trainer:
                         f"{record['images_per_s']:.0f} img/s"
                     )
                     log.info("epoch %d %s", epoch + 1, json.dumps(record))
-            if self.history:
+            if main and self.history:
                 plot_curves(
                     self.history,
                     self.run.path / "curves.png",
@@ -311,6 +376,7 @@ class Trainer:
         finally:
             logging.getLogger("distilshot").removeHandler(handler)
             handler.close()
+        barrier()  # rank 0 has written best.pt
         best, _, _ = load_model(self.run.best)
         return best.to(self.device).eval()
 
@@ -322,6 +388,7 @@ class Trainer:
             "epoch": epoch,
             "history": self.history,
             "best_val": self.best_val,
+            "world_size": self.ranks.world,
         }
         # checkpoints hold contiguous weights whatever layout training uses (copies are exact)
         self.model.to(memory_format=torch.contiguous_format)
