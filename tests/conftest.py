@@ -26,6 +26,7 @@ from trained_fixture import trained_run  # noqa: E402, F401
 # Every test of these modules trains or exports a model (or shares a module fixture that does).
 SLOW_MODULES = {
     "test_deploy_formats",
+    "test_distributed",
     "test_generator_adapt_bundles",
     "test_http_schema",
     "test_method_bml",
@@ -51,6 +52,7 @@ SLOW_TESTS = {
         "test_stages_run_in_order_with_teacher_and_init",
         "test_a_given_teacher_replaces_the_teaching_stage",
     },
+    "test_train_cli": {"test_ctrl_c_says_how_to_resume_and_a_running_run_refuses_a_second_process"},
     "test_training_speed": {
         "test_channels_last_gives_the_nchw_loss_and_gradients",
         "test_the_trainer_trains_in_its_layout_and_saves_contiguous_checkpoints",
