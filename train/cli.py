@@ -149,7 +149,10 @@ def train(
     json_output: JsonOpt = False,
 ) -> None:
     """Train a few-shot embedding network; writes checkpoints, metrics and plots to a run folder. Under
-    torchrun every process trains and rank 0 writes; progress goes to stderr with --json."""
+    torchrun every process trains and rank 0 writes; progress goes to stderr with --json.
+
+    Example: distilshot train --method skd --dataset cifar-fs --preset quick
+    """
     from distilshot.train import distributed
     from distilshot.train.pipeline import default_run_dir
     from distilshot.train.recipes import TrainRequest
@@ -250,7 +253,10 @@ def evaluate(
     ] = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Evaluate a checkpoint: N-way K-shot episodes, mean accuracy ± 95% CI, protocol named."""
+    """Evaluate a checkpoint: N-way K-shot episodes, mean accuracy ± 95% CI, protocol named.
+
+    Example: distilshot eval runs/RUN/checkpoints/best.pt --way 5 --shot 1 --classifier both
+    """
     from distilshot.train.checkpoint import load_model
     from distilshot.train.pipeline import evaluate as run_evaluation
     from distilshot.train.report import print_results, results_to_json, run_folder_of, save_results
