@@ -307,9 +307,11 @@ def test_a_store_never_mixes_the_embeddings_of_two_graphs(bundle, evaluation, tm
         again = clf.classify(pictures)
     assert [p.top_k[0][0] for p in again] == [p.top_k[0][0] for p in fp32]
     assert np.allclose([p.logits for p in again], [p.logits for p in fp32], rtol=1e-4, atol=1e-4)
-    # int8 embeddings are another model's: the store refuses them, on either engine
+    # int8 embeddings are another graph's: the store refuses them, on either engine
     for backend in ("onnxruntime", "openvino"):
-        with pytest.raises(StoreError, match="model"):
+        with pytest.raises(
+            StoreError, match="holds the embeddings of this bundle's fp32 graph, not of its int8"
+        ):
             FewShotClassifier(folder, store, backend, precision="int8")
 
 

@@ -393,8 +393,10 @@ class Trainer:
         # checkpoints hold contiguous weights whatever layout training uses (copies are exact)
         self.model.to(memory_format=torch.contiguous_format)
         try:
-            save_checkpoint(self.run.last, self.spec, self.model, **state)
+            # best before last: last.pt records best_val, so it must never claim a best.pt not yet written
+            # (an interruption between the two then repeats this epoch, with identical results)
             if improved:
                 save_checkpoint(self.run.best, self.spec, self.model, **state)
+            save_checkpoint(self.run.last, self.spec, self.model, **state)
         finally:
             self.model.to(memory_format=self.memory_format)
