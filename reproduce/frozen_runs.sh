@@ -8,6 +8,8 @@ commit=${1:?usage: reproduce/frozen_runs.sh COMMIT [JOB ...]}; shift
 main=$(cd "$(dirname "$0")/.." && pwd)
 tree=${FROZEN_TREE:-$main/../paper-tree}
 venv=${FROZEN_VENV:-$main/../paper-venv}
+# as the Makefile does: the shared data beside the checkout unless the caller names another folder
+export DISTILSHOT_DATA=${DISTILSHOT_DATA:-$(cd "$main/.." && pwd)/shared/data}
 jobs=${*:-pretrain generators refilled-convnet4 grdd skd bml scratch-mobilenet refilled-mobilenet}
 if [ ! -d "$tree" ]; then
   git -C "$main" worktree add --detach "$tree" "$commit"
