@@ -193,7 +193,12 @@ class FewShotClassifier:
             raise ModelMismatchError(message) from None
 
     def close(self) -> None:
-        self.store.close()
+        """Closes the store and the engine, freeing what the engine holds (GPU memory and streams for
+        TensorRT and CUDA) now rather than when it is collected; closing again does nothing more."""
+        try:
+            self.store.close()
+        finally:
+            self.engine.close()  # even if closing the store failed
 
     def __enter__(self) -> FewShotClassifier:
         return self

@@ -283,3 +283,22 @@ def test_classify_each_answers_the_good_images_and_returns_the_errors(clf, tmp_p
     assert [a.image for a in (answers[0], answers[3])] == ["image 1", "image 4"]
     with pytest.raises(ImageError):
         clf.classify([solid(RED), b"not an image"])
+
+
+def test_close_closes_the_engine_too_and_again_does_no_harm(bundle, monkeypatch):
+    classifier = FewShotClassifier(bundle)
+    engine, closes = classifier.engine, []
+    close_engine = engine.close
+
+    def recording_close() -> None:
+        closes.append(engine.name)
+        close_engine()
+
+    monkeypatch.setattr(engine, "close", recording_close)
+    with classifier:
+        classifier.register("red", [solid(RED)])
+    assert closes == ["onnxruntime"]  # a TensorRT or CUDA engine frees its device memory here
+    with pytest.raises(DistilshotError, match="the onnxruntime engine is closed"):
+        classifier.embed([solid(RED)])
+    classifier.close()  # again, as `with` after an explicit close does: each engine's close is idempotent
+    assert closes == ["onnxruntime", "onnxruntime"]
