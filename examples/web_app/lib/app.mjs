@@ -46,6 +46,7 @@ async function openBundle(readFile, where) {
   state.store = await ShotStore.open(bundle.modelKey);
   state.shots = await state.store.shots();
   state.timings.load_ms = performance.now() - started;
+  state.timings.ready_ms ??= performance.now(); // since the page began to load
   showModel(bundle, where);
   showClasses();
   document.body.dataset.ready = "true";
