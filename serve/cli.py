@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from distilshot.errors import DistilshotError, ImageError
+from distilshot.serve.cli_options import Reembed, bundle_option, store_option
 
 if TYPE_CHECKING:
     from distilshot.serve.classifier import FewShotClassifier, Prediction
@@ -21,37 +22,14 @@ if TYPE_CHECKING:
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
 
-BUNDLE_ENV, STORE_ENV = "DISTILSHOT_BUNDLE", "DISTILSHOT_STORE"
-
-Bundle = Annotated[
-    Path,
-    typer.Option(
-        "--bundle",
-        "-b",
-        metavar="DIR",
-        envvar=BUNDLE_ENV,
-        help="Bundle folder (manifest.json + ONNX graphs).",
-    ),
-]
+Bundle = Annotated[Path, bundle_option("Bundle folder (manifest.json + ONNX graphs).")]
 OptionalBundle = Annotated[
-    Path | None,
-    typer.Option(
-        "--bundle",
-        "-b",
-        metavar="DIR",
-        envvar=BUNDLE_ENV,
-        help="Bundle folder; if given, the store must hold its model's embeddings.",
-    ),
+    Path | None, bundle_option("Bundle folder; if given, the store must hold its model's embeddings.")
 ]
-# Text, not Path: a Path would turn postgresql://host into postgresql:/host.
 Store = Annotated[
     str,
-    typer.Option(
-        "--store",
-        "-s",
-        metavar="STORE",
-        envvar=STORE_ENV,
-        help="Support store: a SQLite file (created on first register) or postgresql://user@host:port/db.",
+    store_option(
+        "Support store: a SQLite file (created on first register) or postgresql://user@host:port/db."
     ),
 ]
 Backend = Annotated[
@@ -69,12 +47,6 @@ Precision = Annotated[
     ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-Reembed = Annotated[
-    bool,
-    typer.Option(
-        "--reembed", help="Re-embed the store first if it holds another model's embeddings (see reembed)."
-    ),
-]
 
 
 def _classifier(

@@ -1,9 +1,9 @@
 """`distilshot serve`: the HTTP API, with the Gradio demo mounted beside it unless --no-demo.
 
-The options shared with `distilshot demo` (demo/cli.py) are defined here. uvicorn and FastAPI are
-imported inside the command, so `distilshot --help` stays fast. The demo comes as a `Mount` hook from
-the `distilshot` command (distilshot/cli.py sets it as the context object): serve never imports demo,
-and Gradio loads only once the server mounts it.
+The options shared with `distilshot demo` (demo/cli.py) are defined here; those every serving command
+shares, in serve/cli_options.py. uvicorn and FastAPI are imported inside the command, so `distilshot
+--help` stays fast. The demo comes as a `Mount` hook from the `distilshot` command (distilshot/cli.py sets
+it as the context object): serve never imports demo, and Gradio loads only once the server mounts it.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from distilshot.errors import DistilshotError
+from distilshot.serve.cli_options import Reembed, bundle_option, store_option
 
 if TYPE_CHECKING:
     from distilshot.serve.http_server import Mount
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
 
-BUNDLE_ENV, STORE_ENV = "DISTILSHOT_BUNDLE", "DISTILSHOT_STORE"
 DATA_HOME_ENV = "XDG_DATA_HOME"
 
 Host = Annotated[
@@ -30,12 +30,6 @@ Host = Annotated[
 Port = Annotated[int, typer.Option("--port", metavar="PORT", help="Port to listen on (0: any free port).")]
 Backend = Annotated[
     str, typer.Option("--backend", metavar="NAME", help="Inference backend (auto picks the best here).")
-]
-Reembed = Annotated[
-    bool,
-    typer.Option(
-        "--reembed", help="Re-embed the store first if it holds another model's embeddings (see reembed)."
-    ),
 ]
 MaxRequestMb = Annotated[
     int, typer.Option("--max-request-mb", metavar="MIB", help="Largest request body accepted, in MiB.")
@@ -113,18 +107,9 @@ def demo_mount(ctx: typer.Context) -> Mount:
 @app.command()
 def serve(
     ctx: typer.Context,
-    bundle: Annotated[
-        Path, typer.Option("--bundle", "-b", metavar="DIR", envvar=BUNDLE_ENV, help="Bundle folder to serve.")
-    ],
+    bundle: Annotated[Path, bundle_option("Bundle folder to serve.")],
     store: Annotated[
-        str,
-        typer.Option(
-            "--store",
-            "-s",
-            metavar="STORE",
-            envvar=STORE_ENV,
-            help="Support store: a SQLite file (created if absent) or postgresql://user@host/db.",
-        ),
+        str, store_option("Support store: a SQLite file (created if absent) or postgresql://user@host/db.")
     ],
     host: Host = "127.0.0.1",
     port: Port = 8000,
