@@ -80,21 +80,14 @@ def load_image(
 
 
 @contextmanager
-def decoded(
-    source: ImageSource,
-    *,
-    name: str | None = None,
-    max_bytes: int = MAX_BYTES,
-    max_pixels: int = MAX_PIXELS,
-    max_decoded_bytes: int = MAX_DECODED_BYTES,
-    min_side: int = MIN_SIDE,
-) -> Iterator[Image.Image]:
-    """`load_image` under the process-wide decode budget: the image's `decode_cost` is reserved from its
-    header before its pixels are decoded (waiting while concurrent decodes hold the budget) and given
-    back when the block ends, when an image decoded here is closed. Use the image only inside the block."""
+def decoded(source: ImageSource, *, name: str | None = None) -> Iterator[Image.Image]:
+    """`load_image` with its default limits, under the process-wide decode budget: the image's
+    `decode_cost` is reserved from its header before its pixels are decoded (waiting while concurrent
+    decodes hold the budget) and given back when the block ends, when an image decoded here is closed.
+    Use the image only inside the block."""
     name = name or source_name(source, 0)
-    image = _open(source, name, max_bytes)
-    _check_header(image, name, max_pixels, max_decoded_bytes, min_side)
+    image = _open(source, name, MAX_BYTES)
+    _check_header(image, name, MAX_PIXELS, MAX_DECODED_BYTES, MIN_SIDE)
     with decode_budget().reserve(decode_cost(image.mode, image.size)):
         try:
             _decode(image, name)
