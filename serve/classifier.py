@@ -163,7 +163,20 @@ class FewShotClassifier:
         self.head = PrototypeHead(self.manifest.head)
         self.batcher = Batcher(self._embed, CHUNK_SIZE)
         reembedder = self._reembed_stored if reembed else None
-        self.store = self._open_store(store_path, reembedder, precision)
+        try:
+            self.store = self._open_store(store_path, reembedder, precision)
+        except BaseException:
+            self.engine.close()  # a store that does not open (another model's, say) leaves no engine behind
+            raise
+        try:
+            self._set_up_scorers()
+        except BaseException:
+            self.close()
+            raise
+        self._snapshot: ClassSnapshot | None = None
+        self._snapshot_lock = threading.Lock()
+
+    def _set_up_scorers(self) -> None:
         m = self.manifest
         self.plain = PrototypeScorer(self.head, None if m.rejection is None else m.rejection.threshold)
         self.augmented = (
@@ -178,8 +191,6 @@ class FewShotClassifier:
         self.fixed = (
             None if m.classifier is None else FixedScorer(FixedClassifierHead(self.bundle_dir, m.classifier))
         )
-        self._snapshot: ClassSnapshot | None = None
-        self._snapshot_lock = threading.Lock()
 
     def _open_store(self, store_path: Path | str | None, reembedder: Any, precision: str) -> ClassStore:
         layout = {o.name: o.dim for o in self.manifest.embedder.outputs}

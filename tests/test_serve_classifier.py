@@ -302,3 +302,19 @@ def test_close_closes_the_engine_too_and_again_does_no_harm(bundle, monkeypatch)
         classifier.embed([solid(RED)])
     classifier.close()  # again, as `with` after an explicit close does: each engine's close is idempotent
     assert closes == ["onnxruntime", "onnxruntime"]
+
+
+def test_a_store_that_does_not_open_leaves_no_engine_open(bundle, tmp_path, monkeypatch):
+    import distilshot.serve.classifier as classifier_module
+
+    with FewShotClassifier(bundle, tmp_path / "s.db") as first:
+        first.register("red", [solid(RED)])
+    real_open, opened = classifier_module.open_engine, []
+    monkeypatch.setattr(
+        classifier_module, "open_engine", lambda *a, **k: opened.append(real_open(*a, **k)) or opened[-1]
+    )
+    other = make_bundle(tmp_path / "other", "two")
+    with pytest.raises(StoreError, match="another model"):
+        FewShotClassifier(other, tmp_path / "s.db")
+    with pytest.raises(DistilshotError, match="the onnxruntime engine is closed"):
+        opened[0].embed(np.zeros((1, 1, 28, 28), np.float32))
