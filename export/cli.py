@@ -5,30 +5,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from distilshot.export.format_table import ExportOptions
 from distilshot.export.formats import BUNDLE_FORMAT, add_formats, formats_help, parse_formats
 from distilshot.train.cli import (
-    DEFAULT_METHOD,
     BackboneOpt,
-    DatasetOpt,
-    DeviceOpt,
-    EpochsOpt,
-    ImageSizeOpt,
     JsonOpt,
-    LrOpt,
-    MethodOpt,
-    ParamsOpt,
-    PresetOpt,
     RunDirOpt,
     SeedOpt,
-    StepsOpt,
-    TeacherBackboneOpt,
-    TeacherOpt,
     request_from_options,
+    with_training_options,
 )
 
 app = typer.Typer(add_completion=False)
@@ -164,20 +153,9 @@ def _check_row(check: dict) -> tuple[str, str]:
 
 
 @app.command(name="train-export")
+@with_training_options
 def train_export(
-    method: MethodOpt = DEFAULT_METHOD,
-    dataset: DatasetOpt = "omniglot",
-    backbone: BackboneOpt = "convnet4",
-    preset: PresetOpt = "quick",
-    epochs: EpochsOpt = None,
-    steps_per_epoch: StepsOpt = None,
-    lr: LrOpt = None,
-    image_size: ImageSizeOpt = None,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = "auto",
-    params: ParamsOpt = None,
-    teacher_backbone: TeacherBackboneOpt = None,
-    teacher: TeacherOpt = None,
+    training: dict[str, Any],
     episodes: Annotated[int, typer.Option(help="evaluation episodes per setting")] = 1000,
     classifier: Annotated[str, typer.Option(help="prototype | logreg | both")] = "prototype",
     run_dir: RunDirOpt = None,
@@ -190,21 +168,7 @@ def train_export(
     from distilshot.export.pipeline import train_and_export
     from distilshot.train.pipeline import default_run_dir
 
-    request = request_from_options(
-        method,
-        dataset,
-        backbone,
-        preset,
-        epochs,
-        steps_per_epoch,
-        lr,
-        image_size,
-        seed,
-        device,
-        params,
-        teacher_backbone,
-        teacher,
-    )
+    request = request_from_options(**training)
     classifiers = ("prototype", "logreg") if classifier == "both" else (classifier,)
     trained, exported = train_and_export(request, run_dir or default_run_dir(request), classifiers, episodes)
     _report(exported, json_output, {"run": str(trained.run.path), "train_seconds": round(trained.seconds, 1)})

@@ -3,8 +3,11 @@ backbones, datasets, presets, method parameters), so it needs the method classes
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -79,22 +82,24 @@ TeacherOpt = Annotated[
 
 
 def request_from_options(
-    method: str,
-    dataset: str,
-    backbone: str,
-    preset: str,
-    epochs: int | None,
-    steps_per_epoch: int | None,
-    lr: float | None,
-    image_size: int | None,
-    seed: int,
-    device: str,
-    params: list[str] | None,
-    teacher_backbone: str | None = None,
-    teacher: Path | None = None,
+    method: MethodOpt = DEFAULT_METHOD,
+    dataset: DatasetOpt = "omniglot",
+    backbone: BackboneOpt = "convnet4",
+    preset: PresetOpt = "quick",
+    epochs: EpochsOpt = None,
+    steps_per_epoch: StepsOpt = None,
+    lr: LrOpt = None,
+    image_size: ImageSizeOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    params: ParamsOpt = None,
+    teacher_backbone: TeacherBackboneOpt = None,
+    teacher: TeacherOpt = None,
+    *,
     sync_batchnorm: bool = False,
 ) -> Any:
-    """The TrainRequest the shared training options describe."""
+    """The TrainRequest the shared training options describe. Its parameters before the `*` are those
+    options as the commands take them (see `with_training_options`)."""
     from distilshot.train.recipes import TrainRequest
 
     overrides = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "lr": lr, "image_size": image_size}
@@ -114,21 +119,32 @@ def request_from_options(
     )
 
 
+def with_training_options(command: Callable[..., None]) -> Callable[..., None]:
+    """`command` with the shared training options (request_from_options's) ahead of its own, declared
+    once for every command that trains; it is called with their values in one dict, `training`, so that
+    `request_from_options(**training)` is the request they describe."""
+    shared = [
+        p
+        for p in inspect.signature(request_from_options, eval_str=True).parameters.values()
+        if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    ]
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "training"]
+
+    @functools.wraps(command)
+    def with_options(**values: Any) -> None:
+        command(training={p.name: values.pop(p.name) for p in shared}, **values)
+
+    # typer reads the options from the signature and their types from the annotations
+    parameters = [*shared, *own]
+    with_options.__signature__ = inspect.Signature(parameters, return_annotation=None)  # type: ignore[attr-defined]
+    with_options.__annotations__ = {p.name: p.annotation for p in parameters}
+    return with_options
+
+
 @app.command()
+@with_training_options
 def train(
-    method: MethodOpt = DEFAULT_METHOD,
-    dataset: DatasetOpt = "omniglot",
-    backbone: BackboneOpt = "convnet4",
-    preset: PresetOpt = "quick",
-    epochs: EpochsOpt = None,
-    steps_per_epoch: StepsOpt = None,
-    lr: LrOpt = None,
-    image_size: ImageSizeOpt = None,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = "auto",
-    params: ParamsOpt = None,
-    teacher_backbone: TeacherBackboneOpt = None,
-    teacher: TeacherOpt = None,
+    training: dict[str, Any],
     run_dir: RunDirOpt = None,
     resume: Annotated[
         Path | None, typer.Option(help="continue the run in this folder from its last checkpoint")
@@ -166,22 +182,7 @@ def train(
         request = TrainRequest.from_dict(json.loads(config_file.read_text()))
         folder = resume
     else:
-        request = request_from_options(
-            method,
-            dataset,
-            backbone,
-            preset,
-            epochs,
-            steps_per_epoch,
-            lr,
-            image_size,
-            seed,
-            device,
-            params,
-            teacher_backbone,
-            teacher,
-            sync_batchnorm,
-        )
+        request = request_from_options(**training, sync_batchnorm=sync_batchnorm)
         folder = run_dir or default_run_dir(request)
     with distributed.process_group(request.device) as here:
         try:
