@@ -63,30 +63,31 @@ def fill_store(bundle: Path, store: Path, classes: int) -> None:
 
 
 class Server:
-    def __init__(self, bundle: Path, store: Path) -> None:
+    """`distilshot serve --no-demo` on `store`; its output (a line per request) is drained by a thread,
+    so that a full pipe never blocks the server."""
+
+    def __init__(self, bundle: Path, store: Path | str) -> None:
         command = [str(Path(sys.executable).parent / "distilshot"), "serve", "--bundle", str(bundle)]
         command += ["--store", str(store), "--port", "0", "--no-demo"]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         lines = []
-        while True:
-            line = self.process.stdout.readline() if self.process.stdout else ""
-            if not line:
-                raise RuntimeError("the server did not start: " + "".join(lines))
+        for line in self.process.stdout or ():
             lines.append(line)
             found = re.search(r"on (http://\S+)", line)
             if found:
                 self.url = found.group(1)
-                # keep reading: the server logs every request, and a full pipe would block it
                 threading.Thread(target=self.process.stdout.read, daemon=True).start()
                 return
+        raise RuntimeError("the server did not start: " + "".join(lines))
 
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=30)
 
 
-def load(url: str, clients: int, requests: int) -> dict[str, Any]:
-    """`clients` threads each sending `requests` classify requests; latencies in ms and requests/s."""
+def load(urls: list[str], clients: int, requests: int) -> dict[str, Any]:
+    """`clients` threads, client i on urls[i % len(urls)] (as a round-robin load balancer would spread
+    them), each sending `requests` classify requests; latencies in ms and requests/s."""
     import httpx
 
     latencies: list[list[float]] = [[] for _ in range(clients)]
@@ -94,13 +95,17 @@ def load(url: str, clients: int, requests: int) -> dict[str, Any]:
     start = threading.Barrier(clients + 1)
 
     def client(i: int) -> None:
-        with httpx.Client(base_url=url, timeout=120) as http:
+        with httpx.Client(base_url=urls[i % len(urls)], timeout=120) as http:
             image = query_png(i + 1)
             http.post("/v1/classify", files=[("images", ("q.png", image))])  # connect and warm up
             start.wait()
             for _ in range(requests):
                 t0 = time.perf_counter()
-                r = http.post("/v1/classify", files=[("images", ("q.png", image))])
+                try:
+                    r = http.post("/v1/classify", files=[("images", ("q.png", image))])
+                except httpx.HTTPError as error:  # counted: a failed request must fail the section
+                    errors.append(repr(error))
+                    return
                 latencies[i].append(1000 * (time.perf_counter() - t0))
                 if r.status_code != 200:
                     errors.append(r.text)
@@ -137,7 +142,7 @@ def run(quick: bool) -> dict[str, Any]:
         server = Server(bundle, folder / "twenty.db")
         try:
             for clients, requests in per_client.items():
-                concurrency.append(load(server.url, clients, requests))
+                concurrency.append(load([server.url], clients, requests))
         finally:
             server.stop()
         by_classes = []
@@ -146,7 +151,7 @@ def run(quick: bool) -> dict[str, Any]:
             fill_store(bundle, store, count)
             server = Server(bundle, store)
             try:
-                by_classes.append({"classes": count, **load(server.url, 1, latency_requests)})
+                by_classes.append({"classes": count, **load([server.url], 1, latency_requests)})
             finally:
                 server.stop()
     rows = [

@@ -12,18 +12,14 @@ and what another process buys on this machine, not on one core per replica.
 
 from __future__ import annotations
 
-import re
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_http import make_bundle, query_png
+from bench_http import Server, load, make_bundle, query_png
 from timing import table
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
@@ -49,84 +45,16 @@ def fill_store(bundle: Path, location: str, classes: int) -> None:
         store.register_many(shots)
 
 
-class Replica:
-    """`distilshot serve --no-demo` on `location`; its output (a line per request) is drained by a thread,
-    so that a full pipe never blocks the server."""
-
-    def __init__(self, bundle: Path, location: str) -> None:
-        command = [str(Path(sys.executable).parent / "distilshot"), "serve", "--bundle", str(bundle)]
-        command += ["--store", location, "--port", "0", "--no-demo"]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        lines = []
-        for line in self.process.stdout or ():
-            lines.append(line)
-            found = re.search(r"on (http://\S+)", line)
-            if found:
-                self.url = found.group(1)
-                threading.Thread(target=self.process.stdout.read, daemon=True).start()
-                return
-        raise RuntimeError("the server did not start: " + "".join(lines))
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
-
-
-def load(urls: list[str], clients: int, requests: int) -> dict[str, Any]:
-    """`clients` threads, client i on urls[i % len(urls)], each sending `requests` classify requests."""
-    import httpx
-
-    latencies: list[list[float]] = [[] for _ in range(clients)]
-    errors: list[str] = []
-    start = threading.Barrier(clients + 1)
-
-    def client(i: int) -> None:
-        with httpx.Client(base_url=urls[i % len(urls)], timeout=120) as http:
-            image = query_png(i + 1)
-            http.post("/v1/classify", files=[("images", ("q.png", image))])  # connect and warm up
-            start.wait()
-            for _ in range(requests):
-                t0 = time.perf_counter()
-                try:
-                    r = http.post("/v1/classify", files=[("images", ("q.png", image))])
-                except httpx.HTTPError as error:  # counted: a failed request must fail the section
-                    errors.append(repr(error))
-                    return
-                latencies[i].append(1000 * (time.perf_counter() - t0))
-                if r.status_code != 200:
-                    errors.append(r.text)
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    start.wait()
-    t0 = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - t0
-    if errors:
-        raise RuntimeError(f"{len(errors)} requests failed, e.g. {errors[0]}")
-    all_ms = np.concatenate(latencies)
-    return {
-        "replicas": len(urls),
-        "clients": clients,
-        "requests": int(all_ms.size),
-        "requests_per_s": all_ms.size / wall,
-        "p50_ms": float(np.percentile(all_ms, 50)),
-        "p99_ms": float(np.percentile(all_ms, 99)),
-    }
-
-
 def measure(bundle: Path, location: str, clients: int, requests: int) -> list[dict[str, Any]]:
     """1 replica, then 2 on the same store (the first stays up)."""
     with ExitStack() as stack:
-        replicas: list[Replica] = []
+        replicas: list[Server] = []
         results = []
         for _ in range(2):
-            replica = Replica(bundle, location)
+            replica = Server(bundle, location)
             stack.callback(replica.stop)
             replicas.append(replica)
-            results.append(load([r.url for r in replicas], clients, requests))
+            results.append({"replicas": len(replicas), **load([r.url for r in replicas], clients, requests)})
         return results
 
 
