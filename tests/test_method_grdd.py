@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from method_runs import assert_exports_faithfully, cli, omniglot_folder, train_steps
+from method_runs import cli, omniglot_folder, train_steps
+from taught_students import assert_trained_student_exports_faithfully, taught_student
 from torch import nn
 
 from distilshot.errors import ConfigError
@@ -28,7 +29,6 @@ from distilshot.train.pipeline import model_spec, train
 from distilshot.train.presets import preset_config
 from distilshot.train.recipes import TrainRequest
 from distilshot.train.samplers import EpisodeSampler
-from distilshot.train.trainer import BatchMaker
 
 
 def pixel_backbone(channels: int, size: int, mix: list[list[float]] | None = None) -> Backbone:
@@ -129,15 +129,8 @@ def omniglot_train():
 
 def taught_meta_learner(omniglot_train):
     """A ConvNet-4 meta-learner with a global learner of other initial weights, and a real episode."""
-    spec = model_spec(preset_config("grdd-meta", "omniglot", "quick"), omniglot_train.num_classes)
-    student = spec.build(seed=0).train()
-    teacher_spec = model_spec(preset_config("grdd-global", "omniglot", "quick"), omniglot_train.num_classes)
-    student.set_teacher(teacher_spec.build(seed=1))
     episode = next(iter(EpisodeSampler(omniglot_train.labels, 5, 2, 4, 1, seed=0)))
-    batch = BatchMaker(omniglot_train, spec, "none", torch.device("cpu"))(
-        episode, torch.Generator().manual_seed(0)
-    )
-    return student, spec, batch
+    return taught_student(omniglot_train, "grdd-meta", "grdd-global", episode)
 
 
 def test_meta_learner_loss_decreases_on_a_real_episode(omniglot_train) -> None:
@@ -157,10 +150,7 @@ def test_meta_learner_matches_the_teachers_relatedness_on_a_real_episode(omniglo
 
 def test_meta_learner_export_parity(omniglot_train, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    student, spec, batch = taught_meta_learner(omniglot_train)
-    train_steps(student, batch, 5)  # moves the BatchNorm statistics away from their initial values
-    manifest, report = assert_exports_faithfully(student, spec, tmp_path, load_split("omniglot", "test"))
-    assert manifest.head.metric == "cosine" and max(report.max_abs_diff.values()) < 1e-4, report
+    assert_trained_student_exports_faithfully(*taught_meta_learner(omniglot_train), tmp_path)
 
 
 def test_a_teacher_of_another_backbone_gets_a_twin_to_start_from(tmp_path: Path) -> None:

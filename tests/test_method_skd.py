@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from method_runs import assert_exports_faithfully, cli, omniglot_folder, train_steps
+from method_runs import cli, omniglot_folder, train_steps
+from taught_students import assert_trained_student_exports_faithfully, taught_student
 from torch import nn
 
 from distilshot.errors import ConfigError
@@ -23,7 +24,6 @@ from distilshot.train.methods.skd import SKDGen0, SKDGen1, distillation_kl, rota
 from distilshot.train.pipeline import model_spec
 from distilshot.train.presets import preset_config
 from distilshot.train.samplers import RandomBatchSampler
-from distilshot.train.trainer import BatchMaker
 
 
 def identity_backbone(channels: int, size: int) -> Backbone:
@@ -148,33 +148,22 @@ def omniglot_train():
     return load_split("omniglot", "train")
 
 
-def taught_student(omniglot_train):
+def gen1_student(omniglot_train):
     """A generation-1 student with a generation-0 teacher (other initial weights) and a real batch."""
-    cfg = preset_config("skd-gen1", "omniglot", "quick")
-    spec = model_spec(cfg, omniglot_train.num_classes)
-    student = spec.build(seed=0).train()
-    teacher_spec = model_spec(preset_config("skd-gen0", "omniglot", "quick"), omniglot_train.num_classes)
-    student.set_teacher(teacher_spec.build(seed=1))
     indices = next(iter(RandomBatchSampler(len(omniglot_train.labels), 32, seed=0, batches=1)))
-    batch = BatchMaker(omniglot_train, spec, "none", torch.device("cpu"))(
-        indices, torch.Generator().manual_seed(0)
-    )
-    return student, spec, batch
+    return taught_student(omniglot_train, "skd-gen1", "skd-gen0", indices)
 
 
 def test_generation_one_loss_decreases_on_a_real_mini_batch(omniglot_train) -> None:
     torch.manual_seed(0)
-    student, _, batch = taught_student(omniglot_train)
+    student, _, batch = gen1_student(omniglot_train)
     losses = train_steps(student, batch, 15)
     assert losses[-1] < 0.7 * losses[0], losses
 
 
 def test_generation_one_export_parity(omniglot_train, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    student, spec, batch = taught_student(omniglot_train)
-    train_steps(student, batch, 5)  # moves the BatchNorm statistics away from their initial values
-    manifest, report = assert_exports_faithfully(student, spec, tmp_path, load_split("omniglot", "test"))
-    assert manifest.head.metric == "cosine" and max(report.max_abs_diff.values()) < 1e-4, report
+    assert_trained_student_exports_faithfully(*gen1_student(omniglot_train), tmp_path)
 
 
 def test_skd_recipe_end_to_end(tmp_path: Path) -> None:
