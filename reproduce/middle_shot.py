@@ -83,9 +83,21 @@ def k_shot_trials(
     return {name: mean_ci(accuracies) for name, accuracies in rows.items()}
 
 
-def cells(by_k: dict[str, dict[str, float]], shots) -> str:
-    """Table cells "mean ± ci95" for each K in `shots`."""
-    return " | ".join(f"{by_k[str(k)]['mean']:.2f} ± {by_k[str(k)]['ci95']:.2f}" for k in shots)
+def shot_table(
+    by_name: dict[str, dict[str, dict[str, float]]], shots: list[int], published: dict[str, str] | None = None
+) -> list[str]:
+    """The markdown lines of a table with a row per classifier and its "mean ± ci95" for each K in
+    `shots`; with `published`, a last column of the published figures by classifier name."""
+    header = ["classifier", *(f"K={k}" for k in shots)]
+    if published is not None:
+        header.append("published (miniImageNet, 600 trials)")
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for name, by_k in by_name.items():
+        row = [name, *(f"{by_k[str(k)]['mean']:.2f} ± {by_k[str(k)]['ci95']:.2f}" for k in shots)]
+        if published is not None:
+            row.append(published[name])
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
 
 
 def task_predictions(
@@ -146,18 +158,17 @@ def main() -> None:
         out.write_text(
             json.dumps({"setting": setting, "classifiers": summary, "seconds": seconds}, indent=2) + "\n"
         )
-    shots = sorted(seconds, key=int)
+    shots = sorted(map(int, seconds))
+    published = {
+        name: " / ".join(str(v) for v in PUBLISHED.get(name, {}).values()) or "n/a" for name in summary
+    }
     lines = [
         f"5-way K-shot on {data.name}, {args.trials} trials per K, 15 queries/class; teacher "
         f"{spec.method}/{spec.backbone}; ConvNet-4 students (lr {AdaptConfig().lr} from scratch, "
         f"{AdaptConfig().start_lr} from the teacher's weights)",
         "",
-        "| classifier | " + " | ".join(f"K={k}" for k in shots) + " | published (miniImageNet, 600 trials) |",
-        "|---" * (len(shots) + 2) + "|",
+        *shot_table(summary, shots, published),
     ]
-    for name, by_k in summary.items():
-        published = " / ".join(str(v) for v in PUBLISHED.get(name, {}).values()) or "n/a"
-        lines.append(f"| {name} | {cells(by_k, shots)} | {published} |")
     (HERE / "middle_shot.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

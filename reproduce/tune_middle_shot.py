@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from middle_shot import STUDENTS, cells, frozen_teacher, k_shot_trials
+from middle_shot import STUDENTS, frozen_teacher, k_shot_trials, shot_table
 
 HERE = Path(__file__).resolve().parent
 
@@ -39,11 +39,8 @@ def main() -> None:
         f"5-way K-shot on {data.name}, {args.trials} trials per K (the same tasks for every rate), "
         f"15 queries/class; teacher {spec.method}/{spec.backbone}",
         "",
-        "| classifier | " + " | ".join(f"K={k}" for k in shots) + " |",
-        "|---" * (len(shots) + 1) + "|",
+        *shot_table(table, shots),
     ]
-    for name, by_k in table.items():
-        lines.append(f"| {name} | {cells(by_k, shots)} |")
     (HERE / "tune_middle_shot.json").write_text(json.dumps(table, indent=2) + "\n")
     (HERE / "tune_middle_shot.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
