@@ -22,7 +22,7 @@ from distilshot.export.engine_parity import compare_engines
 from distilshot.export.format_table import ExportOptions
 from distilshot.export.formats import add_formats, parse_formats
 from distilshot.export.tensorrt_engine import check_graph, supported_ops
-from distilshot.export.triton_repo import model_config, validate_config
+from distilshot.export.triton_repo import model_config, validate_config, validate_repository
 from distilshot.serve.classifier import FewShotClassifier
 from distilshot.serve.engines import open_engine
 from distilshot.train.data.registry import load_split
@@ -268,8 +268,11 @@ def test_triton_repository_configs_follow_tritons_schema(bundle):
     manifest = load_manifest(folder)
     repo = folder / "triton"
     models = sorted(p.name for p in repo.iterdir())
-    assert models == ["embedder", "embedder-fp16", "embedder-int8"] == reports["triton"].checks[0]["models"]
-    for name in models:
+    embedders = ["embedder", "embedder-fp16", "embedder-int8"]
+    ensembles = ["classifier", "classifier-fp16", "classifier-int8"]  # each over its embedder, then head
+    assert models == sorted([*embedders, *ensembles, "head"]) == reports["triton"].checks[0]["models"]
+    assert validate_repository(repo) == models
+    for name in embedders:
         config = validate_config((repo / name / "config.pbtxt").read_text(), name)
         assert config.platform == "onnxruntime_onnx" and config.max_batch_size == 64
         assert list(config.input[0].dims) == [1, 28, 28] and list(config.output[0].dims) == [64]

@@ -2,28 +2,19 @@
 -> classify, with the served predictions checked against the PyTorch model, and bad input refused."""
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from evaluation_characters import CHARACTERS, drawings
 from method_runs import cli
 
 from distilshot.train.augment import normalize, to_float
 from distilshot.train.checkpoint import load_model
 from distilshot.train.data.decode import decode_image
 from distilshot.train.methods.base import prototype_logits
-
-DATA = Path(os.environ["DISTILSHOT_DATA"])
-CHARACTERS = [
-    "Angelic/character03",
-    "Keble/character07",
-    "Manipuri/character11",
-    "Oriya/character02",
-    "Tibetan/character05",
-]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +54,7 @@ def test_train_export_reports_accuracy_and_writes_the_run_folder(trained) -> Non
 def episode_files() -> tuple[dict[str, list[Path]], list[tuple[Path, str]]]:
     support, queries = {}, []
     for character in CHARACTERS:
-        files = sorted((DATA / "omniglot" / "images_evaluation" / character).glob("*.png"))
+        files = drawings(character)
         support[character.replace("/", " ")] = files[:1]
         queries += [(f, character.replace("/", " ")) for f in files[1:6]]
     return support, queries
