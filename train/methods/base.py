@@ -51,6 +51,9 @@ class Method(nn.Module):
     sampling: ClassVar[Sampling]
     output_names: ClassVar[tuple[str, ...]] = ("embedding",)
     needs_teacher: ClassVar[bool] = False
+    # how serving compares the embedding with class prototypes; a method whose embedding is learned globally
+    # or on the unit sphere says COSINE (see `head`)
+    head_metric: ClassVar[Metric] = Metric.EUCLIDEAN
 
     def __init__(self, backbone: Backbone, num_classes: int) -> None:
         super().__init__()
@@ -92,6 +95,8 @@ class Method(nn.Module):
 
     def head(self) -> Head:
         """Serving head: metric, per-output fusion weights, temperature."""
+        if self.head_metric is Metric.COSINE:
+            return cosine_head()
         return Head(metric=Metric.EUCLIDEAN, weights={"embedding": 1.0}, temperature=1.0)
 
 

@@ -13,13 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distilshot.core.enums import Sampling
-from distilshot.core.manifest import Head
+from distilshot.core.enums import Metric, Sampling
 from distilshot.errors import ConfigError
 from distilshot.train.augment import with_rotations
 from distilshot.train.backbones import Backbone
 from distilshot.train.methods import Stage, register_method, register_recipe
-from distilshot.train.methods.base import Batch, LossOutput, Method, accuracy, cosine_head
+from distilshot.train.methods.base import Batch, LossOutput, Method, accuracy
 from distilshot.train.methods.pretrain import SGD_RFS
 
 
@@ -55,6 +54,8 @@ from distilshot.train.methods.pretrain import SGD_RFS
 )
 class GRDDGlobal(Method):
     sampling = Sampling.BATCHES
+    # a globally trained feature: compared by angle, as the meta-learner it teaches is
+    head_metric = Metric.COSINE
 
     def __init__(self, backbone: Backbone, num_classes: int) -> None:
         super().__init__(backbone, num_classes)
@@ -79,10 +80,6 @@ class GRDDGlobal(Method):
                 "rot_acc": accuracy(rotation_logits, rotation),
             },
         )
-
-    def head(self) -> Head:
-        # a globally trained feature: compared by angle, as the meta-learner it teaches is
-        return cosine_head()
 
 
 def relatedness(support: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
@@ -161,6 +158,8 @@ def teacher_features(teacher: Method, images: torch.Tensor) -> torch.Tensor:
 class GRDDMeta(Method):
     sampling = Sampling.EPISODES
     needs_teacher = True
+    # trained and evaluated on cosine relatedness: served as cosine similarity to class prototypes
+    head_metric = Metric.COSINE
 
     def __init__(
         self, backbone: Backbone, num_classes: int, temperature: float = 4.0, gamma: float = 0.2
@@ -186,10 +185,6 @@ class GRDDMeta(Method):
         return LossOutput(
             kl + self.gamma * rt, {"acc": accuracy(scores, query_labels), "kl": kl.item(), "rt": rt.item()}
         )
-
-    def head(self) -> Head:
-        # trained and evaluated on cosine relatedness: served as cosine similarity to class prototypes
-        return cosine_head()
 
 
 # The meta-learner starts from the global learner (the paper's "CL+GR": its stage-2 lr 1e-3 over 15 epochs

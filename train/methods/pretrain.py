@@ -7,12 +7,11 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from distilshot.core.enums import Sampling
-from distilshot.core.manifest import Head
+from distilshot.core.enums import Metric, Sampling
 from distilshot.train.augment import with_rotations
 from distilshot.train.backbones import Backbone
 from distilshot.train.methods import Stage, register_method, register_recipe
-from distilshot.train.methods.base import Batch, LossOutput, Method, accuracy, cosine_head
+from distilshot.train.methods.base import Batch, LossOutput, Method, accuracy
 
 # The RFS optimiser (Tian et al. 2020), which the distillation methods' presets reuse
 SGD_RFS = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4}
@@ -47,6 +46,8 @@ SGD_RFS = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4}
 )
 class Pretrain(Method):
     sampling = Sampling.BATCHES
+    # globally trained features compare best by angle (Chen et al. 2019; RFS normalises them too)
+    head_metric = Metric.COSINE
 
     def __init__(self, backbone: Backbone, num_classes: int, rotation_augment: bool = False) -> None:
         super().__init__(backbone, num_classes)
@@ -61,10 +62,6 @@ class Pretrain(Method):
         logits = self.classifier(self.backbone(images))
         loss = F.cross_entropy(logits, labels)
         return LossOutput(loss, {"acc": accuracy(logits, labels)})
-
-    def head(self) -> Head:
-        # globally trained features compare best by angle (Chen et al. 2019; RFS normalises them too)
-        return cosine_head()
 
 
 register_recipe(

@@ -25,12 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distilshot.core.enums import Sampling, Variant
-from distilshot.core.manifest import Head
+from distilshot.core.enums import Metric, Sampling, Variant
 from distilshot.errors import ConfigError
 from distilshot.train.backbones import Backbone
 from distilshot.train.methods import Stage, register_method, register_recipe
-from distilshot.train.methods.base import Batch, LossOutput, Method, accuracy, cosine_head, squared_euclidean
+from distilshot.train.methods.base import Batch, LossOutput, Method, accuracy, squared_euclidean
 from distilshot.train.methods.pretrain import SGD_RFS
 
 
@@ -143,6 +142,8 @@ def local_kd(
 class RefilledEmbed(Method):
     sampling = Sampling.BALANCED
     needs_teacher = True
+    # the embedding is learned on the unit sphere: compare by angle
+    head_metric = Metric.COSINE
 
     def __init__(
         self,
@@ -174,15 +175,13 @@ class RefilledEmbed(Method):
         loss = self.scale * triplet_kl(student, teacher, triplets, self.tau, self.variant)
         return LossOutput(loss, {"triplets": float(len(triplets))})
 
-    def head(self) -> Head:
-        # the embedding is learned on the unit sphere: compare by angle
-        return cosine_head()
-
 
 @register_method("refilled-classify", presets={"paper": _PAPER, "quick": _QUICK})
 class RefilledClassify(Method):
     sampling = Sampling.BALANCED
     needs_teacher = True
+    # it fine-tunes refilled-embed's unit-sphere embedding: still compared by angle
+    head_metric = Metric.COSINE
 
     def __init__(
         self, backbone: Backbone, num_classes: int, lam: float = 0.01, decay: float = 0.05, tau: float = 2.0
@@ -214,9 +213,6 @@ class RefilledClassify(Method):
             ce + self.weight * kd,
             {"acc": accuracy(logits, batch.labels), "ce": ce.item(), "lkd": kd.item(), "lambda": self.weight},
         )
-
-    def head(self) -> Head:
-        return cosine_head()
 
 
 # Compress mode: a teacher (any backbone, --teacher-backbone, or an existing --teacher checkpoint) distilled

@@ -18,13 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distilshot.core.enums import Sampling, Variant
-from distilshot.core.manifest import Head
+from distilshot.core.enums import Metric, Sampling, Variant
 from distilshot.errors import ConfigError
 from distilshot.train.augment import rotate, with_rotations
 from distilshot.train.backbones import Backbone
 from distilshot.train.methods import Stage, register_method, register_recipe
-from distilshot.train.methods.base import Batch, LossOutput, Method, accuracy, cosine_head
+from distilshot.train.methods.base import Batch, LossOutput, Method, accuracy
 from distilshot.train.methods.pretrain import SGD_RFS
 
 # Rajasegaran et al. 2020: the RFS optimiser and batch, 65 epochs, x0.1 at 60, lr 0.05 for generation 0 and
@@ -64,16 +63,14 @@ class _SKDMethod(Method):
     """Both generations: a linear classifier over the base classes on the penultimate feature."""
 
     sampling = Sampling.BATCHES
+    # SKD is reported with the RFS protocol: logistic regression on L2-normalised penultimate features.
+    # The nearest-prototype twin of that is the cosine metric on the same feature; the class logits
+    # are tied to the base classes and the un-normalised feature's scale varies with the image.
+    head_metric = Metric.COSINE
 
     def __init__(self, backbone: Backbone, num_classes: int) -> None:
         super().__init__(backbone, num_classes)
         self.classifier = nn.Linear(backbone.embedding_dim, num_classes)
-
-    def head(self) -> Head:
-        # SKD is reported with the RFS protocol: logistic regression on L2-normalised penultimate features.
-        # The nearest-prototype twin of that is the cosine metric on the same feature; the class logits
-        # are tied to the base classes and the un-normalised feature's scale varies with the image.
-        return cosine_head()
 
 
 @register_method(
