@@ -14,9 +14,13 @@ from distilshot.export.formats import BUNDLE_FORMAT, add_formats, formats_help, 
 from distilshot.train.cli import (
     BackboneOpt,
     JsonOpt,
+    NprocOpt,
     RunDirOpt,
     SeedOpt,
+    SyncBatchnormOpt,
+    launch_if_asked,
     request_from_options,
+    train_ranks,
     with_training_options,
 )
 
@@ -159,18 +163,25 @@ def train_export(
     episodes: Annotated[int, typer.Option(help="evaluation episodes per setting")] = 1000,
     classifier: Annotated[str, typer.Option(help="prototype | logreg | both")] = "prototype",
     run_dir: RunDirOpt = None,
+    nproc_per_node: NprocOpt = 1,
+    sync_batchnorm: SyncBatchnormOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
-    """Train, evaluate on the held-out classes, export a bundle and check it against PyTorch.
+    """Train, evaluate on the held-out classes, export a bundle and check it against PyTorch. Under
+    torchrun (or --nproc-per-node) every process trains and rank 0 evaluates and exports.
 
     Example: distilshot train-export --method bml --dataset omniglot --preset quick
     """
-    from distilshot.export.pipeline import train_and_export
+    from distilshot.export.pipeline import export_trained
     from distilshot.train.pipeline import default_run_dir
 
-    request = request_from_options(**training)
+    launch_if_asked(nproc_per_node)
+    request = request_from_options(**training, sync_batchnorm=sync_batchnorm)
     classifiers = ("prototype", "logreg") if classifier == "both" else (classifier,)
-    trained, exported = train_and_export(request, run_dir or default_run_dir(request), classifiers, episodes)
+    trained = train_ranks(request, run_dir or default_run_dir(request), False, json_output)
+    if trained is None:  # another rank than rank 0: rank 0 evaluates and exports
+        return
+    exported = export_trained(request, trained, classifiers, episodes)
     _report(exported, json_output, {"run": str(trained.run.path), "train_seconds": round(trained.seconds, 1)})
 
 

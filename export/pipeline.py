@@ -25,7 +25,7 @@ from distilshot.train.data.imageset import ImageSet
 from distilshot.train.data.registry import dataset_info, load_split
 from distilshot.train.evaluation import EvalResult
 from distilshot.train.methods import Method
-from distilshot.train.pipeline import TrainOutcome, evaluate, train
+from distilshot.train.pipeline import TrainOutcome, evaluate
 from distilshot.train.recipes import TrainRequest
 from distilshot.train.report import load_results, run_folder_of, save_results
 
@@ -124,18 +124,17 @@ def export_checkpoint(
     )
 
 
-def train_and_export(
-    request: TrainRequest, run_dir: Path, classifiers: tuple[str, ...], episodes: int
-) -> tuple[TrainOutcome, ExportOutcome]:
-    """`train-export`: trains in `run_dir`, evaluates (with the run's plots) and exports to its bundle/."""
-    outcome = train(request, run_dir)
+def export_trained(
+    request: TrainRequest, outcome: TrainOutcome, classifiers: tuple[str, ...], episodes: int
+) -> ExportOutcome:
+    """`train-export` once training is done: evaluates (with the run's plots) and exports to its bundle/."""
     training = {
         "request": request.to_dict(),
         "stages": {s.name: s.method for s in outcome.stages},
         "seconds": round(outcome.seconds, 1),
         "checkpoint_sha256": sha256_file(outcome.run.best),
     }
-    exported = evaluate_and_export(
+    return evaluate_and_export(
         outcome.model,
         outcome.spec,
         outcome.run.path,
@@ -144,4 +143,3 @@ def train_and_export(
         episodes=episodes,
         plots_dir=outcome.run.path / "plots",
     )
-    return outcome, exported

@@ -5,6 +5,7 @@ process at batch 2b; a run stopped with Ctrl-C under torchrun and resumed ends w
 uninterrupted one; a rank that dies stops the others with a message. Also the samplers' shares, the run
 folder's lock and the clean-up of a failed start."""
 
+import json
 import os
 import shutil
 import signal
@@ -242,15 +243,24 @@ def _cli(*args: object) -> subprocess.Popen:
     )
 
 
-def test_ctrl_c_under_torchrun_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
-    # protonet's quick episodes (20-way 5-shot 10-query) need 20 training classes
+@pytest.fixture(scope="module")
+def twenty_class_dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """protonet's quick episodes (20-way 5-shot 10-query) need 20 training classes, export's rejection
+    threshold 20 test classes."""
+    root = tmp_path_factory.mktemp("twenty-classes")
     for split, alphabet, characters in (("train", "Latin", range(1, 21)), ("val", "Latin", range(21, 26))):
         for i in characters:
             source = BACKGROUND / alphabet / f"character{i:02d}"
-            shutil.copytree(source, tmp_path / "data" / split / source.name)
-    for i in range(1, 6):
-        shutil.copytree(BACKGROUND / "Greek" / f"character{i:02d}", tmp_path / "data" / "test" / f"greek{i}")
-    options = ["--method", "protonet", "--dataset", f"folder:{tmp_path / 'data'}", "--image-size", 28]
+            shutil.copytree(source, root / split / source.name)
+    for i in range(1, 21):
+        shutil.copytree(BACKGROUND / "Greek" / f"character{i:02d}", root / "test" / f"greek{i}")
+    return f"folder:{root}"
+
+
+def test_ctrl_c_under_torchrun_then_resume_matches_an_uninterrupted_run(
+    tmp_path: Path, twenty_class_dataset: str
+) -> None:
+    options = ["--method", "protonet", "--dataset", twenty_class_dataset, "--image-size", 28]
     options += ["--epochs", 2, "--steps-per-epoch", 12, "--device", "cpu", "--nproc-per-node", 2, "--json"]
     straight = _cli(*options, "--run-dir", tmp_path / "straight")
     out, err = straight.communicate(timeout=600)
@@ -275,3 +285,22 @@ def test_ctrl_c_under_torchrun_then_resume_matches_an_uninterrupted_run(tmp_path
     assert b["epoch"] == 1 and a["model"].keys() == b["model"].keys()
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def test_train_export_on_two_ranks_exports_once_from_rank_0(
+    tmp_path: Path, twenty_class_dataset: str
+) -> None:
+    command = [DISTILSHOT, "train-export", "--method", "protonet", "--dataset", twenty_class_dataset]
+    command += ["--image-size", "28", "--epochs", "1", "--steps-per-epoch", "3", "--device", "cpu"]
+    command += ["--episodes", "20", "--nproc-per-node", "2", "--run-dir", str(tmp_path / "run"), "--json"]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1, done.stdout  # one summary: rank 1 trained, only rank 0 evaluated and exported
+    summary = json.loads(lines[0])
+    assert Path(summary["bundle"]) == tmp_path / "run" / "bundle"
+    assert (tmp_path / "run" / "bundle" / "manifest.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["epoch"] == 0

@@ -56,6 +56,19 @@ ParamsOpt = Annotated[
 ]
 RunDirOpt = Annotated[Path | None, typer.Option(help="run folder (default runs/<time>-<method>-...)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
+NprocOpt = Annotated[
+    int,
+    typer.Option(
+        help="train with this many processes on this machine (runs torchrun --standalone; one GPU each "
+        "on CUDA); batch sizes and episodes are per process"
+    ),
+]
+SyncBatchnormOpt = Annotated[
+    bool,
+    typer.Option(
+        help="with several processes on CUDA, BatchNorm over all their batches (default: each its own)"
+    ),
+]
 
 
 def parse_params(pairs: list[str] | None) -> dict[str, Any]:
@@ -149,19 +162,8 @@ def train(
     resume: Annotated[
         Path | None, typer.Option(help="continue the run in this folder from its last checkpoint")
     ] = None,
-    nproc_per_node: Annotated[
-        int,
-        typer.Option(
-            help="train with this many processes on this machine (runs torchrun --standalone; one GPU each "
-            "on CUDA); batch sizes and episodes are per process"
-        ),
-    ] = 1,
-    sync_batchnorm: Annotated[
-        bool,
-        typer.Option(
-            help="with several processes on CUDA, BatchNorm over all their batches (default: each its own)"
-        ),
-    ] = False,
+    nproc_per_node: NprocOpt = 1,
+    sync_batchnorm: SyncBatchnormOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Train a few-shot embedding network; writes checkpoints, metrics and plots to a run folder. Under
@@ -169,12 +171,10 @@ def train(
 
     Example: distilshot train --method skd --dataset cifar-fs --preset quick
     """
-    from distilshot.train import distributed
     from distilshot.train.pipeline import default_run_dir
     from distilshot.train.recipes import TrainRequest
 
-    if nproc_per_node > 1 and "RANK" not in os.environ:  # the ranks torchrun starts have RANK set
-        raise typer.Exit(distributed.launch(nproc_per_node))
+    launch_if_asked(nproc_per_node)
     if resume is not None:
         config_file = resume / "config.json"
         if not config_file.is_file():
@@ -184,14 +184,8 @@ def train(
     else:
         request = request_from_options(**training, sync_batchnorm=sync_batchnorm)
         folder = run_dir or default_run_dir(request)
-    with distributed.process_group(request.device) as here:
-        try:
-            outcome = _train_recorded(request, folder, resume is not None, json_output)
-        except KeyboardInterrupt:
-            if here.main:
-                typer.echo(interrupted_message(folder, here.world), err=True)
-            raise typer.Exit(130) from None
-    if not here.main:
+    outcome = train_ranks(request, folder, resume is not None, json_output)
+    if outcome is None:
         return
     summary = {
         "run": str(outcome.run.path),
@@ -200,6 +194,30 @@ def train(
         "seconds": round(outcome.seconds, 1),
     }
     typer.echo(json.dumps(summary) if json_output else f"best checkpoint: {outcome.run.best}")
+
+
+def launch_if_asked(nproc_per_node: int) -> None:
+    """With --nproc-per-node N > 1, runs this command again as N ranks under torchrun and exits with its
+    status; the ranks torchrun starts have RANK set and go on."""
+    from distilshot.train import distributed
+
+    if nproc_per_node > 1 and "RANK" not in os.environ:
+        raise typer.Exit(distributed.launch(nproc_per_node))
+
+
+def train_ranks(request: Any, folder: Path, resume: bool, json_output: bool) -> Any | None:
+    """Trains in this process, or as one rank of a torchrun job: the outcome on the process that writes
+    (rank 0), None on the others. Ctrl-C says how to continue."""
+    from distilshot.train import distributed
+
+    with distributed.process_group(request.device) as here:
+        try:
+            outcome = _train_recorded(request, folder, resume, json_output)
+        except KeyboardInterrupt:
+            if here.main:
+                typer.echo(interrupted_message(folder, here.world), err=True)
+            raise typer.Exit(130) from None
+    return outcome if here.main else None
 
 
 def _train_recorded(request: Any, folder: Path, resume: bool, json_output: bool) -> Any:
