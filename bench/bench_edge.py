@@ -38,15 +38,6 @@ from typing import Any
 from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[1]
-WEB_APP = REPO / "examples" / "web_app"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-]
 SIZE = 28
 CLASSES = 5
 QUERIES = 21
@@ -174,42 +165,31 @@ def browser(bundle: Path, folder: Path) -> dict[str, Any]:
     """The web app in a new headless Chromium, served by serve.mjs."""
     from playwright.sync_api import sync_playwright
 
-    site = folder / "site"
-    site.mkdir()
-    (site / "app").symlink_to(WEB_APP, target_is_directory=True)
-    (site / "bundle").symlink_to(bundle, target_is_directory=True)
-    server = subprocess.Popen(
-        ["node", str(WEB_APP / "serve.mjs"), "--port", "0", "--root", str(site)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    sys.path.insert(0, str(REPO / "tests"))  # the site and browser the web app's tests use
+    from web_app_site import CHROMIUM, CHROMIUM_ARGS, served_web_app
+
     support, queries = drawings()
     fetched: dict[str, int] = {}
-    try:
-        url = re.search(r"at (http://\S+/)$", server.stdout.readline().strip()).group(1)  # type: ignore[union-attr]
-        with sync_playwright() as playwright:
-            profile = folder / "profile"
-            context = playwright.chromium.launch_persistent_context(
-                str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-            )
-            context.set_default_timeout(120_000)
-            page = context.new_page()
-            page.on("response", lambda r: fetched.__setitem__(r.url, len(r.body()) if r.ok else 0))
-            page.goto(f"{url}app/?bundle=../bundle/")
-            page.wait_for_selector("body[data-ready=true]")
-            for label, path in support.items():
-                page.locator("#class-name").fill(label)
-                page.locator("#support-files").set_input_files([str(path)])
-                page.locator("#register").click()
-                page.locator(f'#classes li[data-label="{label}"]').wait_for()
-            page.locator("#query-files").set_input_files([str(q) for q in queries])
-            page.wait_for_function(f"document.querySelectorAll('#results .result').length === {len(queries)}")
-            timings = page.evaluate("globalThis.distilshot.timings")
-            peak = renderer_peak_rss(profile)
-            context.close()
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    with served_web_app(bundle, folder) as url, sync_playwright() as playwright:
+        profile = folder / "profile"
+        context = playwright.chromium.launch_persistent_context(
+            str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        context.set_default_timeout(120_000)
+        page = context.new_page()
+        page.on("response", lambda r: fetched.__setitem__(r.url, len(r.body()) if r.ok else 0))
+        page.goto(url)
+        page.wait_for_selector("body[data-ready=true]")
+        for label, path in support.items():
+            page.locator("#class-name").fill(label)
+            page.locator("#support-files").set_input_files([str(path)])
+            page.locator("#register").click()
+            page.locator(f'#classes li[data-label="{label}"]').wait_for()
+        page.locator("#query-files").set_input_files([str(q) for q in queries])
+        page.wait_for_function(f"document.querySelectorAll('#results .result').length === {len(queries)}")
+        timings = page.evaluate("globalThis.distilshot.timings")
+        peak = renderer_peak_rss(profile)
+        context.close()
     result = summary(timings["ready_ms"] / 1000, [ms / 1000 for ms in timings["classify_ms"]], peak)
     return {**result, "download_bytes": sum(fetched.values())}
 

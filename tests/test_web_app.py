@@ -10,20 +10,17 @@ Screenshots and measured footprint go to /tmp/web_app_*.{png,json}."""
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from evaluation_characters import CHARACTERS, drawings
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 from web_app_bundle import (
-    WEB_APP,
     cosines,
     node_client,
     python_embeddings,
@@ -31,17 +28,10 @@ from web_app_bundle import (
     require_npm_packages,
     without_app_graphs,
 )
+from web_app_site import CHROMIUM, CHROMIUM_ARGS, served_web_app
 
 from distilshot.serve.classifier import Prediction
 
-DATA = Path(os.environ["DISTILSHOT_DATA"])
-CHARACTERS = [
-    "Angelic/character03",
-    "Keble/character07",
-    "Manipuri/character11",
-    "Oriya/character02",
-    "Tibetan/character05",
-]
 # characters registered nowhere, for queries that should come out "unknown"
 STRANGERS = [
     "Atlantean/character01",
@@ -49,18 +39,12 @@ STRANGERS = [
     "Kannada/character04",
     "Mongolian/character09",
 ]
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 TIMEOUT_MS = 120_000  # per step; the CPU may be shared
 SCREENSHOTS = Path("/tmp")
 MIN_COSINE = 0.9999
 # Probabilities agree to 2e-3 (measured: 9e-4 at most): the resize differs from Pillow's by a level on a
 # few pixels (float32 weights, export/pixels_graph.py), which moves Euclidean logits by thousandths.
 SCORE_ATOL = 2e-3
-
-
-def drawings(character: str) -> list[Path]:
-    return sorted((DATA / "omniglot" / "images_evaluation" / character).glob("*.png"))
 
 
 @pytest.fixture(scope="module")
@@ -149,25 +133,9 @@ def test_the_node_client_refuses_a_bundle_without_app_graphs(bundle: Path, tmp_p
 
 @pytest.fixture
 def served_page(bundle: Path, tmp_path: Path) -> Iterator[str]:
-    """serve.mjs serving a folder with the app (a link to examples/web_app) and the bundle beside it:
-    the URL of the page with ?bundle= pointing at it."""
-    root = tmp_path / "site"
-    root.mkdir()
-    (root / "app").symlink_to(WEB_APP, target_is_directory=True)
-    (root / "bundle").symlink_to(bundle, target_is_directory=True)
-    server = subprocess.Popen(
-        ["node", str(WEB_APP / "serve.mjs"), "--port", "0", "--root", str(root)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        first = server.stdout.readline()
-        match = re.search(r"at (http://\S+/)$", first.strip())
-        assert match, first
-        yield f"{match.group(1)}app/?bundle=../bundle/"
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    """The URL of the page, served by serve.mjs, with ?bundle= pointing at the session's bundle."""
+    with served_web_app(bundle, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture
@@ -180,7 +148,7 @@ def browser_page() -> Iterator:
             profile,
             executable_path=str(CHROMIUM),
             headless=True,
-            args=ARGS,
+            args=CHROMIUM_ARGS,
             viewport={"width": 1280, "height": 900},
         )
         context.set_default_timeout(TIMEOUT_MS)
