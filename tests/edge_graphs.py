@@ -18,7 +18,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from distilshot.core.manifest import Preprocessing
+from distilshot.core.manifest import Head, Preprocessing
 
 DATA = Path(os.environ["DISTILSHOT_DATA"])
 OMNIGLOT_PREP = Preprocessing(height=28, width=28, channels=1, mean=(0.92388,), std=(0.213133,))
@@ -85,3 +85,20 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine similarity, in float64."""
     a, b = a.astype(np.float64), b.astype(np.float64)
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+def logit_tolerance(head: Head, queries: dict[str, np.ndarray], means: dict[str, np.ndarray]) -> np.ndarray:
+    """The per-logit bound of the head graph against PrototypeHead, [N, K] (tests/test_head_graph.py's
+    docstring argues it): sum_o |w_o| * (D_o + 4) * eps32 * scale_o / temperature."""
+    bound = 0.0
+    for output, weight in head.weights.items():
+        q, p = queries[output].astype(np.float64), means[output].astype(np.float64)
+        if head.metric == "cosine":
+            scale = np.ones((len(q), len(p)))
+        else:
+            scale = (np.linalg.norm(q, axis=1)[:, None] + np.linalg.norm(p, axis=1)[None, :]) ** 2
+        bound = bound + abs(weight) * (q.shape[1] + 4) * EPS32 * scale
+    return bound / head.temperature

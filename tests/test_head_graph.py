@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from edge_graphs import DATA, OMNIGLOT_PREP, conv_embedder, session
+from edge_graphs import DATA, OMNIGLOT_PREP, conv_embedder, logit_tolerance, session
 from onnx import compose
 from PIL import Image
 
@@ -23,7 +23,6 @@ from distilshot.errors import BundleError
 from distilshot.export.head_graph import LOGITS, PROTOTYPES_SUFFIX, head_model
 from distilshot.export.pixels_graph import PIXELS_INPUT, pixels_model
 
-EPS32 = float(np.finfo(np.float32).eps)
 HEADS = [
     Head("cosine", {"global": 0.7, "local": 1.6}, temperature=0.05),
     Head("euclidean", {"global": 1.0, "local": 0.25}, temperature=1.3),
@@ -37,26 +36,13 @@ def graph_logits(head: Head, queries: dict[str, np.ndarray], means: dict[str, np
     return session(head_model(head, dims)).run([LOGITS], feeds)[0]
 
 
-def tolerance(head: Head, queries: dict[str, np.ndarray], means: dict[str, np.ndarray]) -> np.ndarray:
-    """The per-logit bound of the module docstring, [N, K]."""
-    bound = 0.0
-    for output, weight in head.weights.items():
-        q, p = queries[output].astype(np.float64), means[output].astype(np.float64)
-        if head.metric == "cosine":
-            scale = np.ones((len(q), len(p)))
-        else:
-            scale = (np.linalg.norm(q, axis=1)[:, None] + np.linalg.norm(p, axis=1)[None, :]) ** 2
-        bound = bound + abs(weight) * (q.shape[1] + 4) * EPS32 * scale
-    return bound / head.temperature
-
-
 def check(head: Head, queries: dict[str, np.ndarray], means: dict[str, np.ndarray]) -> None:
     labels = [f"class {k}" for k in range(len(next(iter(means.values()))))]
     python = PrototypeHead(head)
     expected = python.logits(queries, python.prepare(labels, means))
     got = graph_logits(head, queries, means)
     assert got.shape == expected.shape and got.dtype == np.float32
-    assert (np.abs(got.astype(np.float64) - expected) <= tolerance(head, queries, means)).all()
+    assert (np.abs(got.astype(np.float64) - expected) <= logit_tolerance(head, queries, means)).all()
 
 
 def random_embeddings(seed: int, n: int, k: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -102,7 +88,7 @@ def test_the_tolerance_tells_a_wrong_head_apart():
     right = HEADS[0]
     for wrong in (Head("cosine", {"global": 0.7, "local": 1.5}, 0.05), Head("cosine", right.weights, 0.051)):
         difference = np.abs(graph_logits(wrong, queries, means) - graph_logits(right, queries, means))
-        assert (difference > tolerance(right, queries, means)).any()
+        assert (difference > logit_tolerance(right, queries, means)).any()
 
 
 def test_zero_vectors_score_zero_cosine_as_in_python():
@@ -132,7 +118,7 @@ def test_the_head_chains_onto_the_pixels_graph():
     expected = python.logits({"embedding": embeddings}, python.prepare(["a", "b"], means))
     prototypes = {"embedding" + PROTOTYPES_SUFFIX: means["embedding"]}
     got = np.concatenate([chained.run([LOGITS], f | prototypes)[0] for f in feeds])
-    assert (np.abs(got - expected) <= tolerance(head, {"embedding": embeddings}, means)).all()
+    assert (np.abs(got - expected) <= logit_tolerance(head, {"embedding": embeddings}, means)).all()
 
 
 def test_a_head_naming_an_output_without_a_dim_is_refused():

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from edge_graphs import DATA, OMNIGLOT_PREP, cifar_photos, conv_embedder, session
+from edge_graphs import DATA, OMNIGLOT_PREP, cifar_photos, conv_embedder, logit_tolerance, session
 from google.protobuf import text_format
 from PIL import Image
 from serve_fixtures import make_bundle
@@ -42,7 +42,6 @@ from distilshot.export.triton_repo import (
 )
 from distilshot.serve.classifier import FewShotClassifier
 
-EPS32 = float(np.finfo(np.float32).eps)
 SHOTS, QUERIES = 4, 3  # per class
 
 
@@ -115,19 +114,6 @@ def run_ensemble(repo: Path, name: str, feeds: dict[str, np.ndarray]) -> dict[st
     return {output.name: tensors[output.name] for output in config.output}
 
 
-def bound(head: Head, queries: dict[str, np.ndarray], means: dict[str, np.ndarray]) -> np.ndarray:
-    """The per-logit tolerance of the module docstring, [N, K]."""
-    total = 0.0
-    for output, weight in head.weights.items():
-        q, p = queries[output].astype(np.float64), means[output].astype(np.float64)
-        if head.metric == "cosine":
-            scale = np.ones((len(q), len(p)))
-        else:
-            scale = (np.linalg.norm(q, axis=1)[:, None] + np.linalg.norm(p, axis=1)[None, :]) ** 2
-        total = total + abs(weight) * (q.shape[1] + 4) * EPS32 * scale
-    return total / head.temperature
-
-
 def test_the_repository_holds_the_head_and_an_ensemble_that_validate(bundle):
     manifest = load_manifest(bundle)
     repo = bundle / "triton"
@@ -170,7 +156,7 @@ def test_the_ensemble_gives_the_served_logits_on_real_images(bundle, tmp_path):
             for p in served
         ]
     )
-    tolerance = bound(manifest.head, {o: answer[o] for o in manifest.head.weights}, means)
+    tolerance = logit_tolerance(manifest.head, {o: answer[o] for o in manifest.head.weights}, means)
     assert (np.abs(logits - expected) <= tolerance).all()
     assert [order[i] for i in logits.argmax(1)] == [p.top_k[0][0] for p in served]
     assert np.abs(expected).max() > 100 * tolerance.max()  # the bound is far below the logits' scale
