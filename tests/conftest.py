@@ -23,6 +23,15 @@ from device_fixtures import cpu_only, no_cuda_reason  # noqa: E402, F401 (fixtur
 from postgres_fixture import postgres_server, postgres_url, store_backend  # noqa: E402, F401
 from trained_fixture import trained_run  # noqa: E402, F401
 
+
+@pytest.fixture(scope="module")
+def omniglot_train():
+    """Omniglot's training split (decoded once per run into the cache above), loaded once per module."""
+    from distilshot.train.data.registry import load_split
+
+    return load_split("omniglot", "train")
+
+
 # Every test of these modules trains or exports a model (or shares a module fixture that does).
 SLOW_MODULES = {
     "test_deploy_formats",

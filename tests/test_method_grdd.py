@@ -16,7 +16,6 @@ from torch import nn
 from distilshot.errors import ConfigError
 from distilshot.train.backbones.base import Backbone
 from distilshot.train.checkpoint import load_model, save_checkpoint
-from distilshot.train.data.registry import load_split
 from distilshot.train.methods.base import Batch
 from distilshot.train.methods.grdd import (
     GRDDGlobal,
@@ -120,11 +119,6 @@ def test_meta_learner_refuses_a_teacher_that_cannot_see_its_images() -> None:
         student.set_teacher(GRDDGlobal(pixel_backbone(1, 1), num_classes=2))
     with pytest.raises(ConfigError, match="learns from a global learner"):
         student.loss(Batch(torch.zeros(4, 2, 1, 1), torch.tensor([0, 1, 0, 1]), n_way=2, k_shot=1, n_query=1))
-
-
-@pytest.fixture(scope="module")
-def omniglot_train():
-    return load_split("omniglot", "train")
 
 
 def taught_meta_learner(omniglot_train):

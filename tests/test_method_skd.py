@@ -16,7 +16,6 @@ from torch import nn
 from distilshot.errors import ConfigError
 from distilshot.train.backbones.base import Backbone
 from distilshot.train.checkpoint import load_model, save_checkpoint
-from distilshot.train.data.registry import load_split
 from distilshot.train.methods.base import Batch
 from distilshot.train.methods.pretrain import Pretrain
 from distilshot.train.methods.protonet import ProtoNet
@@ -141,11 +140,6 @@ def test_generation_one_needs_class_logits_over_its_classes() -> None:
     student.set_teacher(teacher)
     assert student.teacher is teacher and not teacher.training
     assert "teacher" not in "".join(student.state_dict())
-
-
-@pytest.fixture(scope="module")
-def omniglot_train():
-    return load_split("omniglot", "train")
 
 
 def gen1_student(omniglot_train):

@@ -21,11 +21,6 @@ from distilshot.train.trainer import BatchMaker, RunFolder, Trainer
 STANDALONE = sorted(name for name, cls in METHODS.items() if not cls.needs_teacher)
 
 
-@pytest.fixture(scope="module")
-def omniglot_train():
-    return load_split("omniglot", "train")
-
-
 @pytest.mark.parametrize("method", STANDALONE)
 def test_loss_decreases_on_a_real_mini_batch(method: str, omniglot_train) -> None:
     torch.manual_seed(0)

@@ -19,7 +19,7 @@ from distilshot.train.augment import with_rotations
 from distilshot.train.backbones import Backbone
 from distilshot.train.methods import Stage, register_method, register_recipe
 from distilshot.train.methods.base import Batch, LossOutput, Method, accuracy
-from distilshot.train.methods.pretrain import SGD_RFS
+from distilshot.train.methods.pretrain import QUICK_BATCHES, QUICK_BATCHES_OMNIGLOT, SGD_RFS
 
 
 @register_method(
@@ -37,20 +37,9 @@ from distilshot.train.methods.pretrain import SGD_RFS
             "steps_per_epoch": 0,
             "rotated_classes": False,
         },
-        "quick": {
-            **SGD_RFS,
-            "lr": 0.05,
-            "batch_size": 64,
-            "schedule": "poly",
-            "epochs": 8,
-            "steps_per_epoch": 80,
-            "rotated_classes": False,
-        },
+        "quick": {**QUICK_BATCHES, "schedule": "poly"},
     },
-    datasets={
-        # Omniglot's 815 characters at 28 px are cheaper images: more steps in the same few minutes
-        ("quick", "omniglot"): {"steps_per_epoch": 100},
-    },
+    datasets={("quick", "omniglot"): QUICK_BATCHES_OMNIGLOT},
 )
 class GRDDGlobal(Method):
     sampling = Sampling.BATCHES

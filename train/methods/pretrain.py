@@ -15,6 +15,18 @@ from distilshot.train.methods.base import Batch, LossOutput, Method, accuracy
 
 # The RFS optimiser (Tian et al. 2020), which the distillation methods' presets reuse
 SGD_RFS = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4}
+# The quick budget of the teachers trained on plain batches (SKD generation 0, GRDD's global learner):
+# 8 x 80 batches of 64 on CIFAR-FS; Omniglot's 815 characters at 28 px are cheaper images, so more steps
+# in the same few minutes
+QUICK_BATCHES = {
+    **SGD_RFS,
+    "lr": 0.05,
+    "batch_size": 64,
+    "epochs": 8,
+    "steps_per_epoch": 80,
+    "rotated_classes": False,
+}
+QUICK_BATCHES_OMNIGLOT = {"steps_per_epoch": 100}
 
 
 @register_method(

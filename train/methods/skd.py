@@ -24,7 +24,7 @@ from distilshot.train.augment import rotate, with_rotations
 from distilshot.train.backbones import Backbone
 from distilshot.train.methods import Stage, register_method, register_recipe
 from distilshot.train.methods.base import Batch, LossOutput, Method, accuracy
-from distilshot.train.methods.pretrain import SGD_RFS
+from distilshot.train.methods.pretrain import QUICK_BATCHES, QUICK_BATCHES_OMNIGLOT, SGD_RFS
 
 # Rajasegaran et al. 2020: the RFS optimiser and batch, 65 epochs, x0.1 at 60, lr 0.05 for generation 0 and
 # 1e-3 for generation 1 (no decay is given for generation 1; it keeps generation 0's). Rotated copies keep
@@ -78,20 +78,9 @@ class _SKDMethod(Method):
     presets={
         "paper": {**_PAPER, "lr": 0.05},
         # 8 x 80 batches of 64, each at 4 rotations: ~164k image passes, ~3.5 CPU minutes on CIFAR-FS at 32 px
-        "quick": {
-            **SGD_RFS,
-            "lr": 0.05,
-            "batch_size": 64,
-            "schedule": "cosine",
-            "epochs": 8,
-            "steps_per_epoch": 80,
-            "rotated_classes": False,
-        },
+        "quick": {**QUICK_BATCHES, "schedule": "cosine"},
     },
-    datasets={
-        # Omniglot's 815 characters at 28 px are cheaper images: more steps in the same few minutes
-        ("quick", "omniglot"): {"steps_per_epoch": 100},
-    },
+    datasets={("quick", "omniglot"): QUICK_BATCHES_OMNIGLOT},
 )
 class SKDGen0(_SKDMethod):
     def __init__(self, backbone: Backbone, num_classes: int, alpha: float = 2.0) -> None:
