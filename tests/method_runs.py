@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch import nn
+
+from distilshot.train.backbones.base import Backbone
 
 DISTILSHOT = str(Path(sys.executable).with_name("distilshot"))
 BACKGROUND = Path(os.environ["DISTILSHOT_DATA"]) / "omniglot" / "images_background"
@@ -43,6 +47,23 @@ def omniglot_folder(root: Path) -> Path:
     return root
 
 
+def pixel_backbone(channels: int, size: int, mix: list[list[float]] | None = None) -> Backbone:
+    """Embedding = the flattened pixels, optionally mixed across channels by a fixed 1x1 convolution."""
+    if mix is None:
+        return Backbone([nn.Identity()], pooling="flatten", in_channels=channels, image_size=size)
+    conv = nn.Conv2d(channels, channels, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor(mix).view(channels, channels, 1, 1))
+    return Backbone([conv], pooling="flatten", in_channels=channels, image_size=size)
+
+
+def set_linear(layer: nn.Linear, weight) -> None:
+    """Sets `layer` to the matrix `weight` and a zero bias, so that a loss can be worked out by hand."""
+    with torch.no_grad():
+        layer.weight.copy_(torch.as_tensor(np.asarray(weight), dtype=torch.float32))
+        layer.bias.zero_()
+
+
 def train_steps(
     model, batch, steps: int, lr: float = 1e-3, *, metric: str | None = None, optimizer=None
 ) -> list[float]:
@@ -57,6 +78,12 @@ def train_steps(
         optimizer.step()
         values.append(out.loss.item() if metric is None else out.metrics[metric])
     return values
+
+
+def assert_loss_falls(model, batch, *, metric: str | None = None) -> None:
+    """15 Adam steps on one batch bring the loss (or the loss output's `metric`) below 70% of its start."""
+    values = train_steps(model, batch, 15, metric=metric)
+    assert values[-1] < 0.7 * values[0], values
 
 
 def assert_exports_faithfully(model, spec, tmp_path: Path, test_set, **episode: int):

@@ -5,26 +5,20 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from method_runs import pixel_backbone
 
 from distilshot.core.manifest import Head
 from distilshot.errors import ConfigError
-from distilshot.train.backbones.base import Backbone
 from distilshot.train.methods import build_method
 from distilshot.train.methods.base import Batch, prototype_logits
 from distilshot.train.methods.pretrain import Pretrain
 from distilshot.train.methods.protonet import ProtoNet
 
 
-def identity_backbone(channels: int, size: int) -> Backbone:
-    """Embedding = the flattened input pixels, so losses can be worked out by hand."""
-    return Backbone([nn.Identity()], pooling="flatten", in_channels=channels, image_size=size)
-
-
 def test_protonet_loss_by_hand() -> None:
     # 2-way 1-shot 1-query; 2-d embeddings: supports a=(0,0), b=(2,0); queries (0.5,0) of a, (2,1) of b.
     points = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.5, 0.0], [2.0, 1.0]]).view(4, 2, 1, 1)
-    method = ProtoNet(identity_backbone(2, 1), num_classes=2)
+    method = ProtoNet(pixel_backbone(2, 1), num_classes=2)
     out = method.loss(Batch(points, torch.tensor([0, 1, 0, 1]), n_way=2, k_shot=1, n_query=1))
     # squared distances: q1 -> (0.25, 2.25), q2 -> (5, 1); CE = log(1 + e^-(gap))
     expected = (math.log1p(math.exp(-2.0)) + math.log1p(math.exp(-4.0))) / 2
@@ -47,7 +41,7 @@ def test_prototype_logits_cosine_and_fusion() -> None:
 
 
 def test_pretrain_cross_entropy_by_hand() -> None:
-    method = Pretrain(identity_backbone(1, 2), num_classes=2)
+    method = Pretrain(pixel_backbone(1, 2), num_classes=2)
     with torch.no_grad():
         method.classifier.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
         method.classifier.bias.zero_()
@@ -57,7 +51,7 @@ def test_pretrain_cross_entropy_by_hand() -> None:
 
 
 def test_pretrain_rotation_augment_keeps_labels_over_four_rotations() -> None:
-    method = Pretrain(identity_backbone(1, 2), num_classes=2, rotation_augment=True)
+    method = Pretrain(pixel_backbone(1, 2), num_classes=2, rotation_augment=True)
     with torch.no_grad():
         method.classifier.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
         method.classifier.bias.zero_()
@@ -70,7 +64,7 @@ def test_pretrain_rotation_augment_keeps_labels_over_four_rotations() -> None:
 
 
 def test_unknown_method_and_parameter() -> None:
-    backbone = identity_backbone(1, 2)
+    backbone = pixel_backbone(1, 2)
     with pytest.raises(ConfigError, match="unknown method"):
         build_method("maml", backbone, 2, {})
     with pytest.raises(ConfigError, match="has no parameters"):
