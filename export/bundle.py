@@ -75,16 +75,9 @@ def stage_embedder(
     return manifest
 
 
-def write_bundle(
-    model: Method,
-    spec: ModelSpec,
-    out_dir: Path,
-    metrics: dict[str, dict[str, Any]] | None = None,
-    training: dict[str, Any] | None = None,
-    overwrite: bool = False,
-) -> tuple[Path, Manifest]:
-    """Exports `model` into a new bundle folder `out_dir` (embedder and head only) and returns it with
-    its manifest."""
-    with staged_folder(out_dir, overwrite) as staging:
-        manifest = stage_embedder(model, spec, staging, metrics, training)
+def write_bundle(model: Method, spec: ModelSpec, out_dir: Path) -> tuple[Path, Manifest]:
+    """Exports `model` into a new bundle folder `out_dir` (embedder and head only, no evaluation results)
+    and returns it with its manifest: what benchmarks and tests that need a bundle of a model use."""
+    with staged_folder(out_dir) as staging:
+        manifest = stage_embedder(model, spec, staging)
     return Path(out_dir), manifest
