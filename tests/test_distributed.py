@@ -2,7 +2,7 @@
 starts them (the environment variables RANK, WORLD_SIZE, ... in spawned processes) or by `distilshot
 train --nproc-per-node 2` itself: every recipe trains; 2 ranks at batch b end with the weights of one
 process at batch 2b; a run stopped with Ctrl-C under torchrun and resumed ends with the weights of an
-uninterrupted one; a rank that dies stops the others with a message. Also the samplers' shares, the run
+uninterrupted `train-export` (which exports once, from rank 0); a rank that dies stops the others with a message. Also the samplers' shares, the run
 folder's lock and the clean-up of a failed start."""
 
 import json
@@ -232,9 +232,9 @@ def test_a_rank_that_dies_stops_the_others_with_a_message(tmp_path: Path, folder
     assert "lost the other ranks" in report.read_text()
 
 
-def _cli(*args: object) -> subprocess.Popen:
+def _cli(command: str, *args: object) -> subprocess.Popen:
     return subprocess.Popen(
-        [DISTILSHOT, "train", *map(str, args)],
+        [DISTILSHOT, command, *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -257,17 +257,21 @@ def twenty_class_dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"folder:{root}"
 
 
-def test_ctrl_c_under_torchrun_then_resume_matches_an_uninterrupted_run(
+def test_ctrl_c_under_torchrun_then_resume_matches_an_uninterrupted_train_export(
     tmp_path: Path, twenty_class_dataset: str
 ) -> None:
     options = ["--method", "protonet", "--dataset", twenty_class_dataset, "--image-size", 28]
     options += ["--epochs", 2, "--steps-per-epoch", 12, "--device", "cpu", "--nproc-per-node", 2, "--json"]
-    straight = _cli(*options, "--run-dir", tmp_path / "straight")
+    # the uninterrupted run is a train-export: it trains as `train` does, then rank 0 alone exports
+    straight = _cli("train-export", *options, "--episodes", 20, "--run-dir", tmp_path / "straight")
     out, err = straight.communicate(timeout=600)
     assert straight.returncode == 0, err
-    assert out.strip().startswith("{")  # --json: the summary alone on stdout
+    lines = out.strip().splitlines()
+    assert len(lines) == 1, out  # --json: one summary alone on stdout, from rank 0
+    assert Path(json.loads(lines[0])["bundle"]) == tmp_path / "straight" / "bundle"
+    assert (tmp_path / "straight" / "bundle" / "manifest.json").is_file()
 
-    stopped = _cli(*options, "--run-dir", tmp_path / "resumed")
+    stopped = _cli("train", *options, "--run-dir", tmp_path / "resumed")
     last = tmp_path / "resumed" / "checkpoints" / "last.pt"
     while not last.exists() and stopped.poll() is None:
         time.sleep(0.05)
@@ -277,7 +281,7 @@ def test_ctrl_c_under_torchrun_then_resume_matches_an_uninterrupted_run(
     assert f"continue with: distilshot train --resume {tmp_path / 'resumed'} --nproc-per-node 2" in err
     assert read_checkpoint(last)["epoch"] == 0
 
-    resumed = _cli("--resume", tmp_path / "resumed", "--nproc-per-node", 2)
+    resumed = _cli("train", "--resume", tmp_path / "resumed", "--nproc-per-node", 2)
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
     a = read_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
@@ -285,22 +289,3 @@ def test_ctrl_c_under_torchrun_then_resume_matches_an_uninterrupted_run(
     assert b["epoch"] == 1 and a["model"].keys() == b["model"].keys()
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
-
-
-def test_train_export_on_two_ranks_exports_once_from_rank_0(
-    tmp_path: Path, twenty_class_dataset: str
-) -> None:
-    command = [DISTILSHOT, "train-export", "--method", "protonet", "--dataset", twenty_class_dataset]
-    command += ["--image-size", "28", "--epochs", "1", "--steps-per-epoch", "3", "--device", "cpu"]
-    command += ["--episodes", "20", "--nproc-per-node", "2", "--run-dir", str(tmp_path / "run"), "--json"]
-    done = subprocess.run(
-        command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.strip().splitlines()
-    assert len(lines) == 1, done.stdout  # one summary: rank 1 trained, only rank 0 evaluated and exported
-    summary = json.loads(lines[0])
-    assert Path(summary["bundle"]) == tmp_path / "run" / "bundle"
-    assert (tmp_path / "run" / "bundle" / "manifest.json").is_file()
-    assert [p.name for p in tmp_path.iterdir()] == ["run"]
-    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["epoch"] == 0
