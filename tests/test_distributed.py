@@ -2,8 +2,8 @@
 starts them (the environment variables RANK, WORLD_SIZE, ... in spawned processes) or by `distilshot
 train --nproc-per-node 2` itself: every recipe trains; 2 ranks at batch b end with the weights of one
 process at batch 2b; a run stopped with Ctrl-C under torchrun and resumed ends with the weights of an
-uninterrupted `train-export` (which exports once, from rank 0); a rank that dies stops the others with a message. Also the samplers' shares, the run
-folder's lock and the clean-up of a failed start."""
+uninterrupted `train-export` (which exports once, from rank 0); a rank that dies stops the others with a
+message. Also the samplers' shares, the run folder's lock and the clean-up of a failed start."""
 
 import json
 import os
